@@ -1,4 +1,9 @@
-"""Call blocking code from async Python without freezing the event loop."""
+"""Call blocking code from async Python without freezing the event loop.
+
+``@offload.thread`` / ``@offload.process`` turn a blocking callable into an awaitable one that
+runs in a managed, bounded pool; ``await offload.call(fn, *args, **kwargs)`` does the same ad
+hoc.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,57 @@ from ._exceptions import Overloaded as Overloaded
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import WorkerCrashed as WorkerCrashed
+from ._job import cancelled as cancelled
 from ._monitor import BlockingEvent as BlockingEvent
 from ._monitor import Monitor as Monitor
 from ._monitor import monitor as monitor
+from ._pools import CancelPolicy as CancelPolicy
+from ._pools import ThreadDecorator as ThreadDecorator
+from ._pools import ThreadPool as ThreadPool
+from ._pools import configure as configure
+from ._settings import PoolSettings as PoolSettings
+from ._settings import ThreadSettings as ThreadSettings
+from ._stats import PoolStats as PoolStats
+from ._stats import TimingSummary as TimingSummary
+
+thread: ThreadPool = ThreadPool("thread")
+"""The default thread pool, named ``thread``: ``@offload.thread``, ``offload.thread.call``."""
+
+call = thread.call
+"""``await offload.call(fn, *args, **kwargs)`` runs ``fn`` in the default thread pool."""
+
+__all__ = (
+    "BlockingEvent",
+    "CancelPolicy",
+    "Monitor",
+    "OffloadError",
+    "Overloaded",
+    "PoolClosed",
+    "PoolSettings",
+    "PoolStats",
+    "SerializationError",
+    "ThreadDecorator",
+    "ThreadPool",
+    "ThreadSettings",
+    "TimingSummary",
+    "WorkerCrashed",
+    "call",
+    "cancelled",
+    "configure",
+    "monitor",
+    "thread",
+)
+
+
+def _set_module() -> None:
+    # Public names read as ``offload.X`` in reprs, tracebacks and the docs.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("offload._"):
+            try:
+                obj.__module__ = "offload"
+            except (AttributeError, TypeError):
+                pass
+
+
+_set_module()

@@ -1,0 +1,184 @@
+"""The few things offload needs from the running event loop, per backend.
+
+anyio gives portable cancel scopes, but the hot path of a call (a one-shot waiter, a
+thread-safe wake-up) costs several microseconds through it. Here each backend gets the
+native primitive: an ``asyncio.Future`` and ``loop.call_soon_threadsafe`` on asyncio (and
+uvloop), ``wait_task_rescheduled`` and ``TrioToken.run_sync_soon`` on trio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Protocol
+
+__all__ = ("Loop", "Waiter", "current_loop")
+
+if TYPE_CHECKING:
+    import trio
+
+
+class Waiter(Protocol):
+    """A one-shot result that one task awaits and the loop thread resolves.
+
+    ``asyncio.Future`` is one; ``_TrioWaiter`` gives trio the same surface. A waiter whose
+    awaiter was cancelled is ``done()`` and ignores later results.
+    """
+
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def result(self) -> Any: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
+
+class Loop:
+    """A handle on one running event loop: its identity, waiters and thread-safe calls."""
+
+    __slots__ = ("backend", "call_soon_threadsafe", "key", "new_waiter")
+
+    backend: str
+    key: object
+    new_waiter: Callable[[], Waiter]
+    call_soon_threadsafe: Callable[[Callable[[], object]], object]
+
+    def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
+        """Start ``fn()`` as a task that lives until the loop's run ends, then is cancelled."""
+        raise NotImplementedError
+
+
+class _AsyncioLoop(Loop):
+    __slots__ = ("_loop", "_tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = "asyncio"
+        self.key = loop
+        self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.new_waiter = loop.create_future
+        self.call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
+        # ``asyncio.run`` (and ``asyncio.Runner``, which anyio and pytest use) cancels every
+        # task left when the main coroutine ends, and runs the loop until they finish: this
+        # task's cleanup runs then, before ``run`` returns.
+        task = self._loop.create_task(fn(), name="offload lifecycle")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class _TrioWaiter:
+    __slots__ = ("_aborted", "_error", "_resolved", "_task", "_value")
+
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._resolved = False
+        self._aborted = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._resolved or self._aborted
+
+    def cancelled(self) -> bool:
+        return self._aborted
+
+    def result(self) -> Any:
+        if not self._resolved:
+            raise RuntimeError("waiter not resolved yet")
+
+        if self._error is not None:
+            raise self._error
+
+        return self._value
+
+    def set_result(self, result: Any, /) -> None:
+        self._value = result
+        self._resolve()
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._error = exception
+        self._resolve()
+
+    def _resolve(self) -> None:
+        if self.done():
+            raise RuntimeError("waiter already resolved")
+
+        self._resolved = True
+        task, self._task = self._task, None
+        if task is not None:
+            import outcome
+
+            result = (
+                outcome.Value(self._value) if self._error is None else outcome.Error(self._error)
+            )
+            _trio().lowlevel.reschedule(task, result)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._resolved:
+            return self.result()
+
+        lowlevel = _trio().lowlevel
+        self._task = lowlevel.current_task()
+
+        def abort(_: object) -> Any:
+            self._task = None
+            self._aborted = True
+            return lowlevel.Abort.SUCCEEDED
+
+        wait: Generator[Any, None, Any] = lowlevel.wait_task_rescheduled(abort).__await__()
+        return (yield from wait)
+
+
+class _TrioLoop(Loop):
+    __slots__ = ()
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.backend = "trio"
+        self.key = token
+        self.new_waiter = _TrioWaiter
+        self.call_soon_threadsafe = token.run_sync_soon
+
+    def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
+        # System tasks are cancelled when the main task ends, and trio.run waits for them.
+        return _trio().lowlevel.spawn_system_task(fn, name="offload lifecycle")
+
+
+def _trio() -> Any:
+    return sys.modules["trio"]
+
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+
+
+def current_key() -> object:
+    """Return the identity of the running loop: an asyncio loop or a ``TrioToken``.
+
+    Raises:
+        RuntimeError: no asyncio, uvloop or trio loop runs in this thread.
+    """
+    loop = _get_running_loop()
+    # In trio's guest mode an asyncio loop runs too, but no asyncio task does.
+    if loop is not None and _current_task(loop) is not None:
+        return loop
+
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_task():
+        return trio.lowlevel.current_trio_token()
+
+    raise RuntimeError(
+        "offload needs a running event loop: await this from async code that runs under "
+        "asyncio, uvloop or trio (for example inside asyncio.run(...) or trio.run(...))"
+    )
+
+
+def current_loop(key: object) -> Loop:
+    """Return a new handle on the running loop whose identity is ``key``."""
+    if isinstance(key, asyncio.AbstractEventLoop):
+        return _AsyncioLoop(key)
+
+    return _TrioLoop(key)  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""One call on its way through a pool, and ``offload.cancelled()`` for the code it runs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextvars import Context
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._backends import Waiter
+    from ._limiter import Limiter
+
+__all__ = ("Job", "cancelled")
+
+_local = threading.local()
+
+
+def cancelled() -> bool:
+    """Return whether the caller of the offloaded call running here is gone.
+
+    Inside a worker, this turns True once the awaiter was cancelled (or timed out), so a long
+    loop can stop early and clean up::
+
+        @offload.thread
+        def crunch(items):
+            for item in items:
+                if offload.cancelled():
+                    return None
+                work(item)
+
+    Outside an offloaded call it returns False, so the same function can also be called
+    directly.
+    """
+    job: Job | None = getattr(_local, "job", None)
+    return job is not None and job.cancelled
+
+
+class Job:
+    """A call: what to run, how it ended, and the waiter of the task that awaits it.
+
+    The worker thread writes ``value``/``error``/``started``/``ended`` and then hands the job
+    back to the loop thread; the loop thread owns every other field.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "args",
+        "cancelled",
+        "context",
+        "delivered",
+        "ended",
+        "error",
+        "fn",
+        "fn_limiter",
+        "kwargs",
+        "label",
+        "ok",
+        "queued",
+        "started",
+        "value",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: Context | None,
+        waiter: Waiter,
+        fn_limiter: Limiter | None,
+        queued: float,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = context
+        self.waiter = waiter
+        self.fn_limiter = fn_limiter
+        self.queued = queued
+        self.label: str | None = None
+        self.started = 0.0
+        self.ended = 0.0
+        self.ok = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.cancelled = False  # the caller is gone, or asked to stop
+        self.abandoned = False  # the caller is gone; the result goes nowhere
+        self.delivered = False  # the loop resolved the waiter with the outcome
+
+    def run(self) -> None:
+        """Run the call here (in a worker thread) unless its caller is already gone."""
+        if self.cancelled:
+            return
+
+        _local.job = self
+        self.started = perf_counter()
+        try:
+            if self.context is None:
+                self.value = self.fn(*self.args, **self.kwargs)
+            else:
+                self.value = self.context.run(self.fn, *self.args, **self.kwargs)
+
+            self.ok = True
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended = perf_counter()
+            _local.job = None
+
+    @property
+    def name(self) -> str:
+        """The called function's qualified name, for messages."""
+        if self.label is not None:
+            return self.label
+
+        fn = getattr(self.fn, "__func__", self.fn)
+        return getattr(fn, "__qualname__", None) or repr(fn)

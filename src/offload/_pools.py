@@ -1,0 +1,987 @@
+"""Policy: pools (capacity, pending bound, settings, stats, lifecycle) over worker mechanisms.
+
+A pool object is declared at import time and holds only its name and settings. The first
+call inside a running event loop starts a :class:`_Runtime` for that loop: the worker
+mechanism (which holds the pool's capacity and its first-in, first-out queue), the limiters of
+functions with a ``limit``, counters, and a system task that closes it all when the loop's run
+ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import logging
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from contextvars import ContextVar, copy_context
+from queue import SimpleQueue
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
+
+import anyio
+from typing_extensions import ParamSpec, Self, Unpack
+
+from ._backends import Loop, Waiter, current_key, current_loop
+from ._exceptions import Overloaded, PoolClosed
+from ._job import Job
+from ._limiter import Limiter
+from ._settings import PoolSettings, ThreadOptions, ThreadSettings, resolve, usable_cpus, validate
+from ._stats import Counters, PoolStats
+from ._threads import ThreadWorkers
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+__all__ = ("CancelPolicy", "ThreadPool", "configure")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
+T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=PoolSettings)
+
+CancelPolicy: TypeAlias = Literal["abandon", "wait"]
+
+logger = logging.getLogger("offload")
+
+_registry: weakref.WeakValueDictionary[str, _Pool[Any]] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+class _State(enum.Enum):
+    """Where a pool's runtime in one event loop stands."""
+
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Options:
+    """The options of one decorated function (or of ad hoc calls, all defaults)."""
+
+    __slots__ = ("cancel", "limit", "timeout")
+
+    def __init__(self, limit: int | None, timeout: float | None, cancel: str) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.cancel = cancel
+
+
+_AD_HOC = _Options(None, None, "abandon")
+
+
+def _check_options(
+    pool: str, limit: object, timeout: object, cancel: object, policies: tuple[str, ...]
+) -> _Options:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r} is not valid: it must be a whole number of at least 1")
+
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(f"timeout={timeout!r} is not valid: it must be a number of seconds > 0")
+
+    if cancel not in policies:
+        raise ValueError(
+            f"cancel={cancel!r} is not a cancellation policy of pool {pool!r}: use one of "
+            f"{', '.join(map(repr, policies))}"
+        )
+
+    return _Options(limit, None if timeout is None else float(cast(float, timeout)), cancel)
+
+
+# The async library's marker (sniffio's context variable, when sniffio is loaded) is cleared
+# in the context a worker sees: code in a worker thread is not in async context.
+_sniffio_cvar: ContextVar[str | None] | None = None
+
+
+def _worker_context() -> Any:
+    global _sniffio_cvar
+    context = copy_context()
+    cvar = _sniffio_cvar
+    if cvar is None:
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is None:
+            return context
+
+        cvar = _sniffio_cvar = sniffio.current_async_library_cvar
+
+    if context.get(cvar) is not None:
+        context.run(cvar.set, None)
+
+    return context
+
+
+class _Step:
+    """One item of an offloaded generator, on its way back to the loop."""
+
+    __slots__ = ("kind", "value", "waiter")
+
+    def __init__(self, waiter: Waiter) -> None:
+        self.waiter = waiter
+        self.kind = ""
+        self.value: Any = None
+
+    def deliver(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_result(self)
+
+
+def _drive_generator(
+    gen_fn: Callable[..., Generator[Any, Any, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    requests: SimpleQueue[tuple[str, Any, _Step | None]],
+    post: Callable[[_Step], None],
+) -> None:
+    """Run a sync generator on this worker thread, one request from the loop at a time."""
+    gen: Generator[Any, Any, Any] | None = None
+    try:
+        while True:
+            op, value, step = requests.get()
+            if step is None:  # close
+                return
+
+            try:
+                if gen is None:
+                    gen = gen_fn(*args, **kwargs)
+
+                if op == "send":
+                    step.value = gen.send(value)
+                else:
+                    step.value = gen.throw(value)
+
+                step.kind = "item"
+            except StopIteration:
+                step.kind = "stop"
+            except BaseException as exc:
+                step.kind = "error"
+                step.value = exc
+
+            post(step)
+            if step.kind != "item":
+                return
+
+            del step, value
+    finally:
+        if gen is not None:
+            gen.close()
+
+
+class Workers(Protocol):
+    """What a worker mechanism gives the policy: capacity, a FIFO queue, and its end."""
+
+    @property
+    def workers(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    def submit(self, job: Job, max_pending: int | None, /) -> bool: ...
+    def withdraw(self, job: Job, /) -> bool: ...
+    def withdraw_all(self) -> list[Job]: ...
+    def resize(self, max_workers: int, idle_timeout: float, /) -> None: ...
+    def shutdown(self) -> object: ...
+
+
+class _Runtime(Generic[SettingsT]):
+    """A pool's state in one event loop. Only that loop's thread touches it, except
+    :meth:`post`, which worker threads call."""
+
+    def __init__(self, pool: _Pool[SettingsT], loop: Loop, base: SettingsT) -> None:
+        self.pool = pool
+        self.name = pool.name
+        self.loop = loop
+        self.key = loop.key
+        self.base = base  # defaults and environment, without the explicit settings
+        self.settings: SettingsT = dataclasses.replace(base, **pool._explicit)
+        self.state = _State.RUNNING
+        self.fn_limiters: weakref.WeakKeyDictionary[_Options, Limiter] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.counters = Counters()
+        self.pending = 0  # calls waiting for their function's limit
+        self.abandoned = 0
+        self.running: set[Job] = set()
+        self._done: deque[Job | _Step] = deque()
+        self._wake_scheduled = False
+        self._call_soon_threadsafe = loop.call_soon_threadsafe
+        self._drained: Waiter | None = None
+        self._closed: list[Waiter] = []
+        self.workers = pool._start_workers(self)
+        loop.spawn_system_task(self._guard)
+
+    # -- completions: worker threads -> loop ----------------------------------------------
+
+    def post(self, item: Job | _Step) -> None:
+        """Hand a finished job (or generator step) back to the loop; called by workers.
+
+        Wake-ups coalesce: however many jobs finish before the loop runs, it is woken once.
+        """
+        self._done.append(item)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            try:
+                self._call_soon_threadsafe(self._drain)
+            except Exception:  # the loop is gone; nobody waits for the result
+                pass
+
+    def _drain(self) -> None:
+        self._wake_scheduled = False
+        done = self._done
+        finish = self._finish
+        while done:
+            item = done.popleft()
+            if isinstance(item, Job):
+                finish(item)
+            else:
+                item.deliver()
+
+    def _finish(self, job: Job) -> None:
+        self.running.discard(job)
+        if job.fn_limiter is not None:
+            job.fn_limiter.release()
+
+        if job.started:
+            counters = self.counters
+            counters.wait_time.add(job.started - job.queued)
+            counters.run_time.add(job.ended - job.started)
+
+        if job.abandoned:
+            self.abandoned -= 1
+        elif not job.waiter.done():
+            job.delivered = True
+            if job.error is None:
+                job.waiter.set_result(job.value)
+            else:
+                job.waiter.set_exception(job.error)
+
+        job.value = job.args = job.kwargs = job.context = None  # type: ignore[assignment]
+        if self._drained is not None and not self.running and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(self.name)
+
+    def _fn_limiter(self, options: _Options) -> Limiter:
+        limiter = self.fn_limiters.get(options)
+        if limiter is None:
+            assert options.limit is not None
+            limiter = self.fn_limiters[options] = Limiter(options.limit, self.loop.new_waiter)
+
+        return limiter
+
+    async def _admit(self, options: _Options, scope: anyio.CancelScope | None) -> Limiter | None:
+        """Take a slot of the function's ``limit``, if it has one, waiting in line for it."""
+        if self.state is not _State.RUNNING:
+            raise PoolClosed(self.name)
+
+        if options.limit is None:
+            return None
+
+        fn_limiter = self._fn_limiter(options)
+        if fn_limiter.free():
+            fn_limiter.take()
+            return fn_limiter
+
+        max_pending = self.settings.max_pending
+        if max_pending is not None and self.pending + self.workers.pending >= max_pending:
+            self.counters.rejected += 1
+            raise Overloaded(self.name, max_pending)
+
+        self.pending += 1
+        try:
+            await fn_limiter.acquire(self._closed_error)
+        except BaseException:
+            self._count_cancelled(scope)
+            raise
+        finally:
+            self.pending -= 1
+
+        return fn_limiter
+
+    def _count_cancelled(self, scope: anyio.CancelScope | None) -> None:
+        if scope is not None and scope.cancel_called:
+            self.counters.timed_out += 1
+        else:
+            self.counters.cancelled += 1
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fn_limiter: Limiter | None,
+        queued: float,
+        label: str | None = None,
+    ) -> Job:
+        job = Job(fn, args, kwargs, _worker_context(), self.loop.new_waiter(), fn_limiter, queued)
+        job.label = label
+        if not self.workers.submit(job, self.settings.max_pending):
+            if fn_limiter is not None:
+                fn_limiter.release()
+
+            self.counters.rejected += 1
+            raise Overloaded(self.name, cast(int, self.settings.max_pending))
+
+        self.running.add(job)
+        self.counters.submitted += 1
+        return job
+
+    async def run(
+        self,
+        options: _Options,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scope: anyio.CancelScope | None = None,
+    ) -> R:
+        """Run one call in this loop's workers and return (or raise) its outcome."""
+        queued = perf_counter()
+        fn_limiter = await self._admit(options, scope)
+        job = self._submit(fn, args, kwargs, fn_limiter, queued)
+        try:
+            value: R = await job.waiter
+        except BaseException as exc:
+            if job.delivered and exc is job.error:
+                job.error = None  # break the job -> traceback -> frame -> job cycle
+                self.counters.failed += 1
+                raise
+
+            await self._cancelled(job, options, scope)
+            raise
+
+        self.counters.completed += 1
+        return value
+
+    async def _cancelled(
+        self, job: Job, options: _Options, scope: anyio.CancelScope | None
+    ) -> None:
+        """The awaiter of a submitted call was cancelled: apply the function's policy."""
+        job.cancelled = True
+        self._count_cancelled(scope)
+        if job not in self.running:
+            return  # the worker is done with it already
+
+        if self.workers.withdraw(job):  # still waiting for a thread: it never runs
+            self._forget(job)
+            return
+
+        if options.cancel == "wait":
+            await self._wait_for_worker(job)
+        else:
+            job.abandoned = True
+            self.abandoned += 1
+
+    def _forget(self, job: Job) -> None:
+        """Drop a job that never reached a worker."""
+        self.running.discard(job)
+        if job.fn_limiter is not None:
+            job.fn_limiter.release()
+
+        job.args = job.kwargs = job.context = None  # type: ignore[assignment]
+        if self._drained is not None and not self.running and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def _wait_for_worker(self, job: Job) -> None:
+        with anyio.CancelScope(shield=True):
+            while job in self.running:
+                job.waiter = self.loop.new_waiter()
+                try:
+                    await job.waiter
+                except BaseException:
+                    continue
+
+    # -- generators -------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        options: _Options,
+        gen_fn: Callable[..., Generator[Y, Any, Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> AsyncGenerator[Y, Any]:
+        """Drive a sync generator that lives on one worker thread, item by item."""
+        queued = perf_counter()
+        fn_limiter = await self._admit(options, None)
+        requests: SimpleQueue[tuple[str, Any, _Step | None]] = SimpleQueue()
+        job = self._submit(
+            _drive_generator,
+            (gen_fn, args, kwargs, requests, self.post),
+            {},
+            fn_limiter,
+            queued,
+            label=_qualname(gen_fn),
+        )
+        op, value = "send", None
+        ended = False
+        scope: anyio.CancelScope | None = None
+        try:
+            while True:
+                step = _Step(self.loop.new_waiter())
+                requests.put((op, value, step))
+                if options.timeout is None:
+                    await step.waiter
+                else:
+                    with anyio.CancelScope(deadline=anyio.current_time() + options.timeout) as sc:
+                        scope = sc
+                        await step.waiter
+
+                    if sc.cancelled_caught:
+                        raise _timeout_error(self.name, job.name, options.timeout)
+
+                if step.kind == "stop":
+                    ended = True
+                    self.counters.completed += 1
+                    return
+
+                if step.kind == "error":
+                    ended = True
+                    self.counters.failed += 1
+                    raise step.value
+
+                try:
+                    value = yield step.value
+                    op = "send"
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # athrow(): raise it inside the sync generator
+                    op, value = "throw", exc
+        except GeneratorExit:
+            ended = True
+            self.counters.completed += 1
+            requests.put(("close", None, None))
+            await self._wait_for_worker(job)
+            raise
+        except BaseException:
+            if not ended:
+                ended = True
+                requests.put(("close", None, None))
+                await self._cancelled(job, options, scope)
+
+            raise
+        finally:
+            if not ended:  # the consumer stopped without aclose() (e.g. garbage collected)
+                requests.put(("close", None, None))
+                job.cancelled = True
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def apply(self, explicit: Mapping[str, object]) -> None:
+        """Apply changed explicit settings; runs on this loop's thread."""
+        self.settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
+        self.workers.resize(self.settings.max_workers, self.settings.idle_timeout)
+
+    async def _guard(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose(loop_ending=True)
+
+            self.pool._retire(self)
+
+    async def aclose(self, loop_ending: bool = False) -> None:
+        """Close: turn pending calls away, give running ones ``shutdown_timeout``, stop
+        the workers."""
+        if self.state is _State.CLOSED:
+            return
+
+        if self.state is _State.CLOSING:
+            waiter = self.loop.new_waiter()
+            self._closed.append(waiter)
+            with anyio.CancelScope(shield=True):
+                await waiter
+
+            return
+
+        self.state = _State.CLOSING
+        for limiter in list(self.fn_limiters.values()):
+            limiter.close_waiters()
+
+        for job in self.workers.withdraw_all():
+            self._forget(job)
+            if not job.waiter.done():
+                job.waiter.set_exception(PoolClosed(self.name))
+
+        if self.running:
+            self._drained = self.loop.new_waiter()
+            with anyio.move_on_after(self.settings.shutdown_timeout, shield=True):
+                await self._drained
+
+        if self.running:
+            for job in self.running:
+                job.cancelled = True
+
+            names = sorted({job.name for job in self.running})
+            logger.warning(
+                "pool %r: %d call(s) still running %.3g s after %s: %s. A thread cannot be "
+                "stopped from outside; it no longer holds up interpreter exit, and offload."
+                "cancelled() is now True inside it",
+                self.name,
+                len(self.running),
+                self.settings.shutdown_timeout,
+                "the end of the event loop's run" if loop_ending else "aclose()",
+                ", ".join(names),
+            )
+
+        self.workers.shutdown()
+        self.state = _State.CLOSED
+        for waiter in self._closed:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def gauges(self) -> tuple[int, int, int, int]:
+        """Return (workers, busy, pending, abandoned)."""
+        workers = self.workers
+        pending = workers.pending
+        return workers.workers, len(self.running) - pending, self.pending + pending, self.abandoned
+
+
+def _timeout_error(pool: str, function: str, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"{function}() did not finish within its timeout of {timeout:g} s (waiting and running, "
+        f"in pool {pool!r})"
+    )
+
+
+class _Pool(Generic[SettingsT]):
+    """What every pool shares: name, settings, per-loop runtimes, calls, stats, close."""
+
+    _settings_kind: type[SettingsT]
+    _policies: tuple[str, ...]
+
+    def __init__(self, name: str, explicit: Mapping[str, object]) -> None:
+        if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"a pool's name must be a non-empty string, not {name!r}")
+
+        fields = tuple(f.name for f in dataclasses.fields(self._settings_kind))
+        self._fields = fields
+        self._explicit: dict[str, Any] = validate(name, fields, explicit)
+        self._name = name
+        self._lock = threading.RLock()
+        self._runtimes: weakref.WeakKeyDictionary[object, _Runtime[SettingsT]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closed_loops: weakref.WeakSet[object] = weakref.WeakSet()
+        self._last: _Runtime[SettingsT] | None = None
+        self._retired = Counters()
+        with _registry_lock:
+            if name in _registry:
+                raise ValueError(
+                    f"a pool named {name!r} already exists; give each pool its own name"
+                )
+
+            _registry[name] = self
+
+    @property
+    def name(self) -> str:
+        """The pool's name, as used in ``OFFLOAD_<NAME>_<SETTING>`` and ``offload.configure``."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r}>"
+
+    # -- what a mechanism provides ------------------------------------------------------------
+
+    def _defaults(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _start_workers(self, runtime: _Runtime[SettingsT]) -> Workers:
+        raise NotImplementedError
+
+    # -- runtimes ---------------------------------------------------------------------------
+
+    def _runtime(self) -> _Runtime[SettingsT]:
+        key = current_key()
+        runtime = self._last
+        if runtime is not None and runtime.key is key:
+            return runtime
+
+        with self._lock:
+            runtime = self._runtimes.get(key)
+            if runtime is None:
+                if key in self._closed_loops:
+                    raise PoolClosed(self._name)
+
+                base = resolve(self._name, self._settings_kind, self._defaults(), {})
+                runtime = _Runtime(self, current_loop(key), cast(SettingsT, base))
+                self._runtimes[key] = runtime
+
+            self._last = runtime
+            return runtime
+
+    def _retire(self, runtime: _Runtime[SettingsT]) -> None:
+        """The runtime's loop is ending: keep its counts, forget the loop."""
+        with self._lock:
+            self._retired.merge(runtime.counters)
+            runtime.counters = Counters()
+            self._closed_loops.add(runtime.key)
+            self._runtimes.pop(runtime.key, None)
+            if self._last is runtime:
+                self._last = None
+
+    async def _call(
+        self,
+        options: _Options,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        runtime = self._runtime()
+        timeout = options.timeout
+        if timeout is None:
+            return await runtime.run(options, fn, args, kwargs)
+
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            return await runtime.run(options, fn, args, kwargs, scope)
+
+        raise _timeout_error(self._name, _qualname(fn), timeout)
+
+    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` in this pool and return its result.
+
+        ``await pool.call(fn, x)`` does what ``fn(x)`` does, without stopping the event loop.
+        Every argument reaches ``fn``: ``call`` reserves no keyword.
+
+        Raises:
+            Overloaded: ``max_pending`` calls are already waiting.
+            PoolClosed: the pool was closed in this event loop.
+
+        **Cancellation**: a pending call never runs; a running one follows the pool's
+        default policy (a thread is abandoned: it runs on, holding its slot, and its result
+        is dropped).
+        """
+        return await self._call(_AD_HOC, fn, args, kwargs)
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def configure(self, **settings: Any) -> None:
+        """Set some of this pool's settings; a running pool applies them to the next calls.
+
+        Explicit settings win over ``OFFLOAD_<POOL>_<SETTING>`` environment variables and
+        the built-in defaults.
+
+        Raises:
+            ValueError: a setting is unknown or its value is not valid.
+        """
+        checked = validate(self._name, self._fields, settings)
+        with self._lock:
+            self._explicit.update(checked)
+            explicit = dict(self._explicit)
+            runtimes = list(self._runtimes.values())
+
+        try:
+            here: object = current_key()
+        except RuntimeError:
+            here = None
+
+        for runtime in runtimes:
+            if runtime.key is here:
+                runtime.apply(explicit)
+            else:
+                try:
+                    runtime.loop.call_soon_threadsafe(functools.partial(runtime.apply, explicit))
+                except RuntimeError:  # that loop is closed
+                    pass
+
+    def settings(self) -> SettingsT:
+        """Return the settings in force: this loop's, or what a new loop would start with.
+
+        Raises:
+            ValueError: an ``OFFLOAD_<POOL>_<SETTING>`` variable holds a bad value.
+        """
+        try:
+            runtime = self._runtimes.get(current_key())
+        except RuntimeError:
+            runtime = None
+
+        if runtime is not None:
+            return runtime.settings
+
+        base = resolve(self._name, self._settings_kind, self._defaults(), self._explicit)
+        return cast(SettingsT, base)
+
+    def stats(self) -> PoolStats:
+        """Return a frozen snapshot of the pool's workers, queue, outcomes and timings.
+
+        Gauges are summed over the event loops the pool runs in now; counters cover every
+        loop since the pool was made.
+        """
+        with self._lock:
+            runtimes = list(self._runtimes.values())
+            counters = [self._retired, *(r.counters for r in runtimes)]
+            explicit = dict(self._explicit)
+
+        workers = busy = pending = abandoned = 0
+        for runtime in runtimes:
+            w, b, p, a = runtime.gauges()
+            workers, busy, pending, abandoned = workers + w, busy + b, pending + p, abandoned + a
+
+        if runtimes:
+            max_workers = sum(r.settings.max_workers for r in runtimes)
+        else:
+            try:
+                max_workers = self.settings().max_workers
+            except ValueError:  # a bad environment variable; the first call will say so
+                max_workers = cast(
+                    int, explicit.get("max_workers") or self._defaults()["max_workers"]
+                )
+
+        return PoolStats(
+            name=self._name,
+            max_workers=max_workers,
+            workers=workers,
+            busy=busy,
+            pending=pending,
+            abandoned=abandoned,
+            **Counters.totals(counters),  # type: ignore[arg-type]
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the pool in the running event loop.
+
+        Pending calls end with :exc:`~offload.PoolClosed`; running ones are given
+        ``shutdown_timeout``, then a warning names what still runs; the workers exit. Later
+        calls in this loop raise :exc:`~offload.PoolClosed`; the next loop's run starts the
+        pool afresh. The end of the loop's run does this by itself.
+        """
+        runtime = self._runtimes.get(current_key())
+        if runtime is not None:
+            await runtime.aclose()
+        else:
+            self._closed_loops.add(current_key())
+
+    async def __aenter__(self) -> Self:
+        self._runtime()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _qualname(fn: object) -> str:
+    fn = getattr(fn, "__func__", fn)
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class ThreadDecorator(Protocol):
+    """What ``@pool(limit=..., timeout=..., cancel=...)`` returns: a decorator."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: staticmethod[P, R], /
+    ) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Generator[Y, Any, Any]], /
+    ) -> Callable[P, AsyncGenerator[Y, None]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+class ThreadPool(_Pool[ThreadSettings]):
+    """A bounded pool of worker threads, for blocking I/O and code that releases the GIL.
+
+    Use it three ways::
+
+        db = offload.ThreadPool("db", max_workers=4)
+
+        @db
+        def query(sql: str) -> list[tuple]: ...
+
+        @db(limit=2, timeout=5.0)
+        def report(day: str) -> bytes: ...
+
+        rows = await db.call(cursor.execute, "select 1")
+
+    ``offload.thread`` is the default pool, named ``thread``.
+
+    Args:
+        name: the pool's name: unique, and the ``<POOL>`` of ``OFFLOAD_<POOL>_<SETTING>``
+            environment variables.
+        **settings: explicit settings (:class:`ThreadSettings`), which win over the
+            environment and the defaults.
+
+    Raises:
+        ValueError: the name is taken, or a setting is not valid.
+    """
+
+    _settings_kind = ThreadSettings
+    _policies = ("abandon", "wait")
+
+    def __init__(self, name: str, /, **settings: Unpack[ThreadOptions]) -> None:
+        super().__init__(name, settings)
+
+    def configure(self, **settings: Unpack[ThreadOptions]) -> None:  # type: ignore[override]
+        """Set some of this pool's settings; a running pool applies them to the next calls.
+
+        Explicit settings win over ``OFFLOAD_<POOL>_<SETTING>`` environment variables and
+        the built-in defaults.
+
+        Raises:
+            ValueError: a setting is unknown or its value is not valid.
+        """
+        super().configure(**settings)
+
+    def _defaults(self) -> dict[str, object]:
+        return {"max_workers": min(32, usable_cpus() + 4)}
+
+    def _start_workers(self, runtime: _Runtime[ThreadSettings]) -> ThreadWorkers:
+        settings = runtime.settings
+        return ThreadWorkers(self._name, runtime.post, settings.max_workers, settings.idle_timeout)
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: staticmethod[P, R], /
+    ) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Generator[Y, Any, Any]], /
+    ) -> Callable[P, AsyncGenerator[Y, None]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: CancelPolicy = "abandon",
+    ) -> ThreadDecorator: ...
+    def __call__(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: CancelPolicy = "abandon",
+    ) -> Any:
+        """Turn a blocking function into an async one that runs in this pool.
+
+        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=...)`` both work. The result
+        keeps ``fn``'s signature, ``__name__``, ``__doc__`` and ``__wrapped__``; a generator
+        function becomes an async generator function whose sync generator lives on one
+        worker thread.
+
+        Args:
+            fn: the blocking function (or method, staticmethod, classmethod, generator
+                function).
+            limit: at most this many calls of this function run at once, whatever the
+                pool's size (per event loop).
+            timeout: seconds for waiting and running together; past them the call raises
+                the built-in ``TimeoutError`` (for a generator: per item).
+            cancel: ``"abandon"`` (default) gives control back at once when the awaiter is
+                cancelled, and the thread runs on holding its slot; ``"wait"`` delivers the
+                cancellation when the thread returns.
+
+        **Cancellation**: a call still pending when its awaiter is cancelled never runs;
+        inside the worker, :func:`offload.cancelled` turns True once the caller is gone.
+        """
+        options = _check_options(self._name, limit, timeout, cancel, self._policies)
+        if fn is None:
+            return functools.partial(_decorate, self, options)
+
+        return _decorate(self, options, fn)
+
+
+def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
+    if isinstance(fn, staticmethod):
+        return staticmethod(_decorate(pool, options, fn.__func__))
+
+    if isinstance(fn, classmethod):
+        return classmethod(_decorate(pool, options, cast(Any, fn).__func__))
+
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{_qualname(fn)} is already async; offload runs blocking (sync) functions. "
+            f"Await it directly instead of decorating it with {pool!r}"
+        )
+
+    if not callable(fn):
+        raise TypeError(f"{pool!r} decorates a function, not {fn!r}")
+
+    if inspect.isgeneratorfunction(fn):
+        if not isinstance(pool, ThreadPool):
+            raise TypeError(
+                f"{_qualname(fn)} is a generator function: generators run in thread pools "
+                f"(use @offload.thread), since a generator cannot be sent to another process"
+            )
+
+        @functools.wraps(fn)
+        async def stream(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            agen = pool._runtime().stream(options, fn, args, kwargs)
+            try:
+                item = await agen.__anext__()
+                while True:
+                    try:
+                        value = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:  # athrow(): on to the sync generator
+                        item = await agen.athrow(exc)
+                    else:
+                        item = await agen.asend(value)
+            except StopAsyncIteration:
+                return
+            finally:
+                await agen.aclose()
+
+        return stream
+
+    call = pool._call
+
+    @functools.wraps(fn)
+    async def offloaded(*args: Any, **kwargs: Any) -> Any:
+        return await call(options, fn, args, kwargs)
+
+    return offloaded
+
+
+def configure(**pools: Mapping[str, Any]) -> None:
+    """Set the settings of several pools at once, by pool name.
+
+    ``offload.configure(thread={"max_workers": 64}, db={"max_pending": 100})`` is
+    ``offload.thread.configure(max_workers=64)`` and ``db.configure(max_pending=100)``.
+    Every setting is checked before any is applied.
+
+    Raises:
+        ValueError: no pool has that name, or a setting is not valid.
+    """
+    targets: list[tuple[_Pool[Any], Mapping[str, Any]]] = []
+    with _registry_lock:
+        known = sorted(_registry)
+        for name, settings in pools.items():
+            pool = _registry.get(name)
+            if pool is None:
+                raise ValueError(f"no pool is named {name!r}; the pools are: {', '.join(known)}")
+
+            validate(name, pool._fields, settings)
+            targets.append((pool, settings))
+
+    for target, settings in targets:
+        _Pool[Any].configure(target, **settings)

@@ -1,0 +1,195 @@
+"""Mechanism: the worker threads of one pool in one event loop.
+
+The pool's capacity *is* its thread count: at most ``max_workers`` threads exist, each runs
+one job at a time, and a thread whose awaiter gave up keeps running (and counting) until its
+job returns. Jobs that find no free thread wait in a first-in, first-out queue on this side,
+so a thread that finishes a job takes the next one at once, without a round trip through the
+event loop: that is what lets a burst of small calls run at the speed of a bare queue.
+
+Idle threads sleep on a lock of their own (the cheapest wake-up CPython has), newest first,
+so the threads that stay busy stay warm and the others reach ``idle_timeout`` and exit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from ._job import Job
+
+__all__ = ("ThreadWorkers",)
+
+
+class _Worker(threading.Thread):
+    def __init__(self, workers: ThreadWorkers, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.workers = workers
+        self.job: Job | None = None
+        self.woken = False
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+
+    def run(self) -> None:
+        self.workers._work(self)
+
+
+class ThreadWorkers:
+    """The worker threads of one pool in one event loop, and the calls waiting for them."""
+
+    def __init__(
+        self, pool: str, post: Callable[[Job], None], max_workers: int, idle_timeout: float
+    ) -> None:
+        self._pool = pool
+        self._post = post
+        self.max_workers = max_workers
+        self.idle_timeout = idle_timeout
+        self._lock = threading.Lock()
+        self._jobs: deque[Job] = deque()
+        self._idle: list[_Worker] = []  # sleeping, newest last
+        self._in_transit = 0  # woken for a job, not yet back under the lock
+        self._threads: set[_Worker] = set()
+        self._closing = False
+        self._numbers = itertools.count(1)
+
+    @property
+    def workers(self) -> int:
+        """How many worker threads are alive."""
+        return len(self._threads)
+
+    @property
+    def pending(self) -> int:
+        """How many jobs wait for a thread."""
+        return max(0, len(self._jobs) - self._in_transit)
+
+    def submit(self, job: Job, max_pending: int | None) -> bool:
+        """Queue ``job`` and make sure a thread will run it.
+
+        Returns:
+            False if no thread is free and ``max_pending`` jobs already wait: the job was
+            not queued.
+        """
+        with self._lock:
+            if self._idle:
+                worker = self._idle.pop()
+                worker.woken = True
+                self._in_transit += 1
+                self._jobs.append(job)
+                worker.wakeup.release()
+                return True
+
+            if len(self._threads) >= self.max_workers:
+                if max_pending is not None and self.pending >= max_pending:
+                    return False
+
+                self._jobs.append(job)
+                return True
+
+            self._jobs.append(job)
+            worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}")
+            worker.woken = True
+            self._in_transit += 1
+            self._threads.add(worker)
+
+        worker.start()
+        return True
+
+    def withdraw(self, job: Job) -> bool:
+        """Take ``job`` back if no thread has started it; return whether it was."""
+        with self._lock:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                return False
+
+            return True
+
+    def withdraw_all(self) -> list[Job]:
+        """Take back every job no thread has started (the pool is closing)."""
+        with self._lock:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
+
+    def _work(self, me: _Worker) -> None:
+        lock = self._lock
+        jobs = self._jobs
+        post = self._post
+        while True:
+            with lock:
+                if me.woken:
+                    me.woken = False
+                    self._in_transit -= 1
+
+                if jobs and len(self._threads) <= self.max_workers:
+                    job: Job | None = jobs.popleft()
+                    me.job = job
+                elif self._closing or len(self._threads) > self.max_workers:
+                    self._threads.discard(me)
+                    return
+                else:
+                    job = None
+                    self._idle.append(me)
+
+            if job is None:
+                if not me.wakeup.acquire(timeout=self.idle_timeout):
+                    with lock:
+                        if me in self._idle:
+                            self._idle.remove(me)
+                            self._threads.discard(me)
+                            return
+
+                    me.wakeup.acquire()  # a wake-up raced the timeout: take it
+
+                continue
+
+            job.run()
+            me.job = None
+            post(job)
+            del job
+
+    def resize(self, max_workers: int, idle_timeout: float) -> None:
+        """Apply new settings: more threads start on demand; extra ones exit when idle."""
+        with self._lock:
+            self.max_workers = max_workers
+            self.idle_timeout = idle_timeout
+            wake = self._idle[max_workers:] if len(self._threads) > max_workers else []
+
+        # Idle threads over the new size wake up, find themselves extra, and exit.
+        for worker in wake:
+            self._wake(worker)
+
+    def _wake(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker not in self._idle:
+                return
+
+            self._idle.remove(worker)
+            worker.woken = True
+            self._in_transit += 1
+
+        worker.wakeup.release()
+
+    def shutdown(self) -> list[threading.Thread]:
+        """Tell every thread to exit once it is done; join the idle ones.
+
+        Returns:
+            The threads still inside a job (they exit when it returns).
+        """
+        with self._lock:
+            self._closing = True
+            idle = list(self._idle)
+            threads = list(self._threads)
+
+        for worker in idle:
+            self._wake(worker)
+
+        busy: list[threading.Thread] = []
+        for thread in threads:
+            if thread.job is None:
+                thread.join()
+            else:
+                busy.append(thread)
+
+        return busy
