@@ -66,7 +66,7 @@ class _State(enum.Enum):
 class _Options:
     """The options of one decorated function (or of ad hoc calls, all defaults)."""
 
-    __slots__ = ("cancel", "limit", "timeout")
+    __slots__ = ("__weakref__", "cancel", "limit", "timeout")
 
     def __init__(self, limit: int | None, timeout: float | None, cancel: str) -> None:
         self.limit = limit
@@ -94,7 +94,7 @@ def _check_options(
             f"{', '.join(map(repr, policies))}"
         )
 
-    return _Options(limit, None if timeout is None else float(cast(float, timeout)), cancel)
+    return _Options(limit, None if timeout is None else float(cast(float, timeout)), str(cancel))
 
 
 # The async library's marker (sniffio's context variable, when sniffio is loaded) is cleared
@@ -247,19 +247,27 @@ class _Runtime(Generic[SettingsT]):
         if job.fn_limiter is not None:
             job.fn_limiter.release()
 
-        if job.started:
+        started = job.started
+        if started:
             counters = self.counters
-            counters.wait_time.add(job.started - job.queued)
-            counters.run_time.add(job.ended - job.started)
+            counters.wait_time.add(started - job.queued)
+            counters.run_time.add(job.ended - started)
 
         if job.abandoned:
             self.abandoned -= 1
         elif not job.waiter.done():
             job.delivered = True
-            if job.error is None:
+            error = job.error
+            if error is None:
                 job.waiter.set_result(job.value)
             else:
-                job.waiter.set_exception(job.error)
+                if isinstance(error, StopIteration):
+                    # What Python does at any coroutine boundary (and futures refuse it).
+                    runtime_error = RuntimeError(f"{job.name}() raised StopIteration")
+                    runtime_error.__cause__ = error
+                    error = job.error = runtime_error
+
+                job.waiter.set_exception(error)
 
         job.value = job.args = job.kwargs = job.context = None  # type: ignore[assignment]
         if self._drained is not None and not self.running and not self._drained.done():
@@ -278,13 +286,10 @@ class _Runtime(Generic[SettingsT]):
 
         return limiter
 
-    async def _admit(self, options: _Options, scope: anyio.CancelScope | None) -> Limiter | None:
-        """Take a slot of the function's ``limit``, if it has one, waiting in line for it."""
+    async def _admit(self, options: _Options, scope: anyio.CancelScope | None) -> Limiter:
+        """Take a slot of the function's ``limit``, waiting in line for it."""
         if self.state is not _State.RUNNING:
             raise PoolClosed(self.name)
-
-        if options.limit is None:
-            return None
 
         fn_limiter = self._fn_limiter(options)
         if fn_limiter.free():
@@ -322,6 +327,12 @@ class _Runtime(Generic[SettingsT]):
         queued: float,
         label: str | None = None,
     ) -> Job:
+        if self.state is not _State.RUNNING:
+            if fn_limiter is not None:
+                fn_limiter.release()
+
+            raise PoolClosed(self.name)
+
         job = Job(fn, args, kwargs, _worker_context(), self.loop.new_waiter(), fn_limiter, queued)
         job.label = label
         if not self.workers.submit(job, self.settings.max_pending):
@@ -345,7 +356,11 @@ class _Runtime(Generic[SettingsT]):
     ) -> R:
         """Run one call in this loop's workers and return (or raise) its outcome."""
         queued = perf_counter()
-        fn_limiter = await self._admit(options, scope)
+        if options.limit is None:  # the hot path: no coroutine for the limiter
+            fn_limiter = None
+        else:
+            fn_limiter = await self._admit(options, scope)
+
         job = self._submit(fn, args, kwargs, fn_limiter, queued)
         try:
             value: R = await job.waiter
@@ -410,7 +425,7 @@ class _Runtime(Generic[SettingsT]):
     ) -> AsyncGenerator[Y, Any]:
         """Drive a sync generator that lives on one worker thread, item by item."""
         queued = perf_counter()
-        fn_limiter = await self._admit(options, None)
+        fn_limiter = None if options.limit is None else await self._admit(options, None)
         requests: SimpleQueue[tuple[str, Any, _Step | None]] = SimpleQueue()
         job = self._submit(
             _drive_generator,
@@ -659,7 +674,7 @@ class _Pool(Generic[SettingsT]):
         default policy (a thread is abandoned: it runs on, holding its slot, and its result
         is dropped).
         """
-        return await self._call(_AD_HOC, fn, args, kwargs)
+        return await self._runtime().run(_AD_HOC, fn, args, kwargs)
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -953,11 +968,19 @@ def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
 
         return stream
 
-    call = pool._call
+    if options.timeout is None:
+        runtime = pool._runtime
 
-    @functools.wraps(fn)
-    async def offloaded(*args: Any, **kwargs: Any) -> Any:
-        return await call(options, fn, args, kwargs)
+        @functools.wraps(fn)
+        async def offloaded(*args: Any, **kwargs: Any) -> Any:
+            return await runtime().run(options, fn, args, kwargs)
+
+    else:
+        call = pool._call
+
+        @functools.wraps(fn)
+        async def offloaded(*args: Any, **kwargs: Any) -> Any:
+            return await call(options, fn, args, kwargs)
 
     return offloaded
 

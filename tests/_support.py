@@ -1,0 +1,107 @@
+"""Synchronisation helpers for tests: worker threads and the event loop meet on events."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+import offload
+
+# Generous: these bound how long a broken test hangs, they are not timing claims.
+WAIT = 10.0
+
+_names = itertools.count(1)
+
+
+def new_pool(**settings: Any) -> offload.ThreadPool:
+    """Return a thread pool with a name of its own."""
+    return offload.ThreadPool(f"test-{next(_names)}", **settings)
+
+
+class Signal:
+    """A flag that a worker thread raises and the event loop awaits."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self.raised = threading.Event()
+
+    def set(self) -> None:
+        """Raise the flag (from a worker thread)."""
+        self.raised.set()
+        anyio.from_thread.run_sync(self._event.set, token=self._token)
+
+    async def wait(self) -> None:
+        """Wait in the event loop until a worker raised the flag."""
+        with anyio.fail_after(WAIT):
+            await self._event.wait()
+
+
+class Gate:
+    """Blocks worker threads until the test opens it, and counts who is inside.
+
+    ``peak`` is the most threads that were inside at once; ``entered(n)`` waits in the event
+    loop until ``n`` threads have come in.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.peak = 0
+        self.count = 0
+        self.order: list[object] = []
+        self._token = anyio.lowlevel.current_token()
+        self._waiters: list[tuple[int, anyio.Event]] = []
+
+    def _notify(self) -> None:
+        for n, event in self._waiters:
+            if self.count >= n:
+                event.set()
+
+    def pass_through(self, tag: object = None) -> object:
+        """Enter, wait for the gate to open, leave (in a worker thread)."""
+        with self._lock:
+            self.inside += 1
+            self.count += 1
+            self.peak = max(self.peak, self.inside)
+            self.order.append(tag)
+
+        try:
+            anyio.from_thread.run_sync(self._notify, token=self._token)
+            if not self._open.wait(WAIT):
+                raise TimeoutError("the test never opened the gate")
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+        return tag
+
+    async def entered(self, n: int) -> None:
+        """Wait until ``n`` threads have entered."""
+        event = anyio.Event()
+        self._waiters.append((n, event))
+        self._notify()
+        with anyio.fail_after(WAIT):
+            await event.wait()
+
+    def open(self) -> None:
+        self._open.set()
+
+
+def spin_until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait in a thread (not the loop) until ``predicate()``; fail after ``WAIT`` seconds."""
+    deadline = threading.Event()
+    for _ in range(int(WAIT / 0.001)):
+        if predicate():
+            return
+
+        deadline.wait(0.001)
+
+    raise AssertionError(f"timed out waiting for {what}")
