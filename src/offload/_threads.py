@@ -116,38 +116,49 @@ class ThreadWorkers:
         lock = self._lock
         jobs = self._jobs
         post = self._post
+        done: Job | None = None
         while True:
             with lock:
                 if me.woken:
                     me.woken = False
                     self._in_transit -= 1
 
-                if jobs and len(self._threads) <= self.max_workers:
+                me.job = None
+                exiting = len(self._threads) > self.max_workers
+                if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
-                elif self._closing or len(self._threads) > self.max_workers:
+                elif self._closing or exiting:
                     self._threads.discard(me)
-                    return
+                    job = None
+                    exiting = True
                 else:
+                    # Idle *before* the finished job goes back to the loop, so the call that
+                    # its completion sets off finds this thread free instead of a new one.
                     job = None
                     self._idle.append(me)
 
-            if job is None:
-                if not me.wakeup.acquire(timeout=self.idle_timeout):
-                    with lock:
-                        if me in self._idle:
-                            self._idle.remove(me)
-                            self._threads.discard(me)
-                            return
+            if done is not None:
+                post(done)
+                done = None
 
-                    me.wakeup.acquire()  # a wake-up raced the timeout: take it
-
+            if job is not None:
+                job.run()
+                done = job
+                del job
                 continue
 
-            job.run()
-            me.job = None
-            post(job)
-            del job
+            if exiting:
+                return
+
+            if not me.wakeup.acquire(timeout=self.idle_timeout):
+                with lock:
+                    if me in self._idle:
+                        self._idle.remove(me)
+                        self._threads.discard(me)
+                        return
+
+                me.wakeup.acquire()  # a wake-up raced the timeout: take it
 
     def resize(self, max_workers: int, idle_timeout: float) -> None:
         """Apply new settings: more threads start on demand; extra ones exit when idle."""

@@ -1,0 +1,299 @@
+"""Lifecycle: lazy start per loop, reuse, close, and nothing left when the loop's run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+import offload
+from _support import WAIT, Gate, new_pool, spin_until
+
+
+def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"offload-{pool.name}-")]
+
+
+BACKENDS = [
+    pytest.param("asyncio", {}, id="asyncio"),
+    pytest.param("asyncio", {"use_uvloop": True}, id="asyncio+uvloop"),
+    pytest.param("trio", {}, id="trio"),
+]
+
+
+class TestStart:
+    async def test_workers_start_lazily_and_are_reused(self) -> None:
+        """No thread exists before the first call; later calls reuse the same thread."""
+        pool = new_pool(max_workers=4)
+        assert pool.stats().workers == 0
+        first = await pool.call(threading.get_ident)
+        assert pool.stats().workers == 1
+        for _ in range(20):
+            assert await pool.call(threading.get_ident) == first
+
+        assert pool.stats().workers == 1
+
+    async def test_idle_threads_exit_after_idle_timeout(self) -> None:
+        """A thread idle for ``idle_timeout`` exits by itself."""
+        pool = new_pool(max_workers=2, idle_timeout=0.05)
+        await pool.call(int)
+        assert pool.stats().workers == 1
+        with anyio.fail_after(WAIT):
+            while pool.stats().workers:
+                await anyio.sleep(0.01)
+
+        assert await pool.call(int, "5") == 5  # a new thread starts on demand
+
+
+class TestEndOfRun:
+    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
+    def test_no_thread_left_after_run(self, backend: str, options: dict[str, Any]) -> None:
+        """When ``run`` returns, every worker thread of the pool is gone."""
+        pool = new_pool(max_workers=8)
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(pool.call, threading.Event().wait, 0.01)
+
+            assert pool.stats().workers > 0
+
+        anyio.run(main, backend=backend, backend_options=options)
+        assert offload_threads(pool) == []
+        assert pool.stats().workers == 0
+
+    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
+    def test_pool_starts_afresh_in_the_next_run(
+        self, backend: str, options: dict[str, Any]
+    ) -> None:
+        """A pool used in one run works again in the next, with new threads."""
+        pool = new_pool()
+
+        async def main() -> int:
+            return await pool.call(threading.get_ident)
+
+        first = anyio.run(main, backend=backend, backend_options=options)
+        second = anyio.run(main, backend=backend, backend_options=options)
+        assert isinstance(first, int)
+        assert isinstance(second, int)
+        assert pool.stats().completed == 2
+
+    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
+    def test_running_call_is_waited_for(self, backend: str, options: dict[str, Any]) -> None:
+        """At the end of the run a call still running is given ``shutdown_timeout`` to end."""
+        pool = new_pool(shutdown_timeout=WAIT)
+        release = threading.Event()
+        finished = threading.Event()
+        timer = threading.Timer(0.05, release.set)
+
+        def slow() -> None:
+            release.wait(WAIT)
+            finished.set()
+
+        async def main() -> None:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                # abandoned at once; the thread runs on past the end of main()
+                await pool.call(slow)
+
+            timer.start()
+
+        anyio.run(main, backend=backend, backend_options=options)
+        timer.join()
+        assert finished.is_set()
+        assert offload_threads(pool) == []
+
+    def test_asyncio_task_left_running_is_cancelled_and_cleaned(self) -> None:
+        """A task still awaiting a call when ``asyncio.run`` ends leaves no thread behind."""
+        pool = new_pool(max_workers=1, shutdown_timeout=WAIT)
+        entered = threading.Event()
+        release = threading.Event()
+        outcomes: list[str] = []
+        timer = threading.Timer(0.05, release.set)
+
+        def blocking() -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        async def waiter(name: str) -> None:
+            try:
+                await pool.call(blocking)
+            except asyncio.CancelledError:
+                outcomes.append(f"{name} cancelled")
+                raise
+            except offload.PoolClosed:
+                outcomes.append(f"{name} closed")
+
+        async def main() -> None:
+            asyncio.create_task(waiter("running"))  # noqa: RUF006 - left behind on purpose
+            while not entered.is_set():
+                await asyncio.sleep(0.001)
+
+            asyncio.create_task(waiter("pending"))  # noqa: RUF006
+            await asyncio.sleep(0)
+            timer.start()
+
+        asyncio.run(main())
+        timer.join()
+        assert sorted(outcomes) == ["pending cancelled", "running cancelled"]
+        assert offload_threads(pool) == []
+
+    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
+    def test_stuck_thread_is_named_and_does_not_hold_up_run(
+        self, backend: str, options: dict[str, Any], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Past ``shutdown_timeout`` a warning names the function, and ``run`` returns."""
+        pool = new_pool(shutdown_timeout=0.05)
+        release = threading.Event()
+
+        def wedged_function() -> None:
+            release.wait(WAIT)
+
+        async def main() -> None:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await pool.call(wedged_function)
+
+        with caplog.at_level(logging.WARNING, logger="offload"):
+            anyio.run(main, backend=backend, backend_options=options)
+
+        try:
+            [record] = [r for r in caplog.records if r.name == "offload"]
+            assert "wedged_function" in record.getMessage()
+            assert pool.name in record.getMessage()
+            assert all(t.daemon for t in offload_threads(pool))
+        finally:
+            release.set()
+            spin_until(lambda: not offload_threads(pool), "the stuck thread to end")
+
+    def test_stuck_thread_does_not_hold_up_interpreter_exit(self) -> None:
+        """A program whose offloaded call never returns still exits when ``main`` ends."""
+        script = textwrap.dedent(
+            """
+            import asyncio, threading, offload
+
+            pool = offload.ThreadPool("stuck", shutdown_timeout=0.1)
+
+            async def main():
+                with __import__("anyio").CancelScope() as scope:
+                    scope.cancel()
+                    await pool.call(threading.Event().wait)  # waits forever
+
+            asyncio.run(main())
+            print("run returned")
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert "run returned" in done.stdout
+        assert "Event.wait" in done.stderr or "wait" in done.stderr
+
+
+class TestAclose:
+    async def test_aclose_turns_pending_calls_away_and_waits_for_running(self) -> None:
+        """``aclose()`` ends pending calls with ``PoolClosed`` and lets running ones finish."""
+        pool = new_pool(max_workers=1, shutdown_timeout=WAIT)
+        gate = Gate()
+        results: dict[str, object] = {}
+
+        async def call(tag: str) -> None:
+            try:
+                results[tag] = await pool.call(gate.pass_through, tag)
+            except offload.PoolClosed as exc:
+                results[tag] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "running")
+            await gate.entered(1)
+            tg.start_soon(call, "pending")
+            with anyio.fail_after(WAIT):
+                while pool.stats().pending != 1:
+                    await anyio.sleep(0.001)
+
+            closed = anyio.Event()
+
+            async def close() -> None:
+                await pool.aclose()
+                closed.set()
+
+            tg.start_soon(close)
+            with anyio.fail_after(WAIT):
+                while "pending" not in results:
+                    await anyio.sleep(0.001)
+
+            assert isinstance(results["pending"], offload.PoolClosed)
+            assert not closed.is_set()  # still waiting for the running call
+            gate.open()
+
+        assert results["running"] == "running"
+        assert gate.order == ["running"]
+        assert offload_threads(pool) == []
+
+    async def test_call_after_aclose_raises_pool_closed(self) -> None:
+        """After ``aclose()`` a call in the same loop raises ``PoolClosed`` saying why."""
+        pool = new_pool()
+        await pool.call(int)
+        await pool.aclose()
+        with pytest.raises(offload.PoolClosed, match=f"pool '{pool.name}' is closed"):
+            await pool.call(int)
+
+        await pool.aclose()  # closing twice is fine
+
+    async def test_aclose_before_any_call(self) -> None:
+        """A pool closed before its first call refuses calls in that loop."""
+        pool = new_pool()
+        await pool.aclose()
+        with pytest.raises(offload.PoolClosed):
+            await pool.call(int)
+
+    async def test_async_with_closes_the_pool(self) -> None:
+        """``async with pool:`` closes the pool at the end of the block."""
+        pool = new_pool()
+        async with pool as entered:
+            assert entered is pool
+            assert await pool.call(int, "3") == 3
+
+        assert offload_threads(pool) == []
+        with pytest.raises(offload.PoolClosed):
+            await pool.call(int)
+
+    async def test_other_pools_are_not_closed(self) -> None:
+        """Closing one pool leaves the others working."""
+        one, two = new_pool(), new_pool()
+        await one.call(int)
+        await one.aclose()
+        assert await two.call(int, "9") == 9
+
+
+class TestManyLoops:
+    def test_loops_in_two_threads_share_a_pool(self) -> None:
+        """Two event loops in two threads use one pool, each with its own workers."""
+        pool = new_pool(max_workers=2)
+        results: list[int] = []
+
+        def run_loop() -> None:
+            async def main() -> None:
+                for i in range(50):
+                    results.append(await pool.call(abs, -i))
+
+            asyncio.run(main())
+
+        threads = [threading.Thread(target=run_loop) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+
+        for thread in threads:
+            thread.join(WAIT)
+
+        assert sorted(results) == sorted(list(range(50)) * 2)
+        assert pool.stats().completed == 100
+        assert offload_threads(pool) == []

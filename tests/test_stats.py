@@ -1,0 +1,126 @@
+"""``pool.stats()``: a frozen snapshot of workers, queue, outcomes and timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import anyio
+import pytest
+
+import offload
+from _support import WAIT, Gate, new_pool
+
+
+def fail() -> None:
+    raise ValueError("no")
+
+
+class TestSnapshot:
+    def test_fresh_pool(self) -> None:
+        """A pool that never ran reports zeros and its configured size."""
+        stats = new_pool(max_workers=3).stats()
+        assert stats.max_workers == 3
+        assert (stats.workers, stats.busy, stats.pending, stats.submitted) == (0, 0, 0, 0)
+        assert stats.wait_time == offload.TimingSummary()
+
+    def test_snapshot_is_frozen(self) -> None:
+        """A snapshot cannot be changed."""
+        stats = new_pool().stats()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.busy = 3  # type: ignore[misc]
+
+    async def test_outcomes_are_disjoint(self) -> None:
+        """Each finished call is counted once: completed, failed, cancelled or timed out."""
+        pool = new_pool(max_workers=2, max_pending=0)
+        gate = Gate()
+
+        @pool(timeout=0.05)
+        def stuck() -> None:
+            gate.pass_through("timeout")
+
+        for _ in range(3):
+            await pool.call(int)
+
+        for _ in range(2):
+            with pytest.raises(ValueError, match="no"):
+                await pool.call(fail)
+
+        with pytest.raises(TimeoutError):
+            await stuck()
+
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as scope:
+                tg.start_soon(_cancel_when_entered, gate, scope, 2)
+                await pool.call(gate.pass_through, "cancelled")
+
+            # both threads are now busy, so with max_pending=0 the next call is refused
+            with pytest.raises(offload.Overloaded):
+                await pool.call(int)
+
+            gate.open()
+
+        with anyio.fail_after(WAIT):
+            while pool.stats().busy:
+                await anyio.sleep(0.001)
+
+        stats = pool.stats()
+        assert stats.completed == 3
+        assert stats.failed == 2
+        assert stats.timed_out == 1
+        assert stats.cancelled == 1
+        assert stats.rejected == 1
+        assert stats.submitted == 7
+        assert stats.crashed == 0
+        assert stats.abandoned == 0
+
+    async def test_timings(self) -> None:
+        """``run_time`` and ``wait_time`` summarise every call in seconds."""
+        pool = new_pool(max_workers=1)
+        for _ in range(5):
+            await pool.call(threading.Event().wait, 0.01)
+
+        stats = pool.stats()
+        assert stats.run_time.count == 5
+        assert stats.run_time.p50 >= 0.01
+        assert stats.run_time.max >= stats.run_time.p99 >= stats.run_time.p50
+        assert stats.run_time.mean >= 0.01
+        assert stats.wait_time.count == 5
+        assert stats.wait_time.max >= 0.0
+
+    async def test_gauges_while_running(self) -> None:
+        """``workers``, ``busy`` and ``pending`` describe the pool at this instant."""
+        pool = new_pool(max_workers=2)
+        gate = Gate()
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(pool.call, gate.pass_through, i)
+
+            await gate.entered(2)
+            with anyio.fail_after(WAIT):
+                while pool.stats().pending != 3:
+                    await anyio.sleep(0.001)
+
+            stats = pool.stats()
+            assert (stats.workers, stats.busy, stats.pending) == (2, 2, 3)
+            gate.open()
+
+        stats = pool.stats()
+        assert (stats.busy, stats.pending, stats.completed) == (0, 0, 5)
+
+    def test_counters_survive_the_loop(self) -> None:
+        """Counters cover every loop the pool ran in, also after the run ended."""
+        pool = new_pool()
+
+        async def main() -> None:
+            await pool.call(int)
+
+        anyio.run(main)
+        anyio.run(main)
+        stats = pool.stats()
+        assert (stats.completed, stats.submitted, stats.workers) == (2, 2, 0)
+
+
+async def _cancel_when_entered(gate: Gate, scope: anyio.CancelScope, n: int) -> None:
+    await gate.entered(n)
+    scope.cancel()
