@@ -83,6 +83,10 @@ class Gate:
 
         return tag
 
+    async def call(self, pool: offload.ThreadPool, tag: object = None) -> object:
+        """Send one call through the gate in ``pool``'s threads."""
+        return await pool.call(self.pass_through, tag)
+
     async def entered(self, n: int) -> None:
         """Wait until ``n`` threads have entered."""
         event = anyio.Event()

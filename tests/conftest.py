@@ -10,12 +10,12 @@ import pytest
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop does not build on Windows
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 try:
     import trio
 except ImportError:  # pragma: no cover - trio is in the test dependency group
-    trio = None
+    trio = None  # type: ignore[assignment]
 
 needs_uvloop = pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
 needs_trio = pytest.mark.skipif(trio is None, reason="trio is not installed")
@@ -23,18 +23,18 @@ needs_trio = pytest.mark.skipif(trio is None, reason="trio is not installed")
 
 def _uvloop_factory() -> Callable[[], Any]:
     assert uvloop is not None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 @pytest.fixture(
     params=[
-        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
         pytest.param(
             ("asyncio", {"loop_factory": _uvloop_factory() if uvloop is not None else None}),
             id="asyncio+uvloop",
             marks=needs_uvloop,
         ),
-        pytest.param(("trio", {}), id="trio", marks=needs_trio),
+        pytest.param(("trio", dict[str, Any]()), id="trio", marks=needs_trio),
     ]
 )
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:

@@ -27,7 +27,7 @@ class TestPending:
         gate = Gate()
         ran: list[str] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pool.call, gate.pass_through, "blocker")
+            tg.start_soon(gate.call, pool, "blocker")
             await gate.entered(1)
             with anyio.CancelScope() as scope:
                 tg.start_soon(_cancel_when, lambda: pool.stats().pending == 1, scope)
@@ -184,7 +184,7 @@ class TestWait:
             ran.append(tag)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pool.call, gate.pass_through, "blocker")
+            tg.start_soon(gate.call, pool, "blocker")
             await gate.entered(1)
             with anyio.CancelScope() as scope:
                 tg.start_soon(_cancel_when, lambda: pool.stats().pending == 1, scope)
@@ -226,7 +226,7 @@ class TestTimeout:
             ran.append(tag)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pool.call, gate.pass_through, "blocker")
+            tg.start_soon(gate.call, pool, "blocker")
             await gate.entered(1)
             with pytest.raises(TimeoutError):
                 await quick("never")

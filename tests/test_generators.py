@@ -66,7 +66,7 @@ class TestItems:
                     reply = yield "handled"
 
         agen = echo()
-        assert await agen.asend(None) == "ready"  # type: ignore[arg-type]
+        assert await agen.asend(None) == "ready"
         assert await agen.asend("a") == "got a"  # type: ignore[arg-type]
         assert await agen.athrow(KeyError("k")) == "handled"
         assert await agen.asend("b") == "got b"  # type: ignore[arg-type]

@@ -21,6 +21,10 @@ def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"offload-{pool.name}-")]
 
 
+async def nap(pool: offload.ThreadPool) -> None:
+    await pool.call(threading.Event().wait, 0.01)
+
+
 BACKENDS = [
     pytest.param("asyncio", {}, id="asyncio"),
     pytest.param("asyncio", {"use_uvloop": True}, id="asyncio+uvloop"),
@@ -61,7 +65,7 @@ class TestEndOfRun:
         async def main() -> None:
             async with anyio.create_task_group() as tg:
                 for _ in range(8):
-                    tg.start_soon(pool.call, threading.Event().wait, 0.01)
+                    tg.start_soon(nap, pool)
 
             assert pool.stats().workers > 0
 

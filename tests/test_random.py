@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -35,8 +35,8 @@ class Tracker:
     inside: int = 0
     peak: int = 0
     # per limited function (each decorated function has its own limit)
-    limited_inside: dict[str, int] = field(default_factory=dict)
-    limited_peak: dict[str, int] = field(default_factory=dict)
+    limited_inside: dict[str, int] = field(default_factory=dict[str, int])
+    limited_peak: dict[str, int] = field(default_factory=dict[str, int])
 
     def enter(self, group: str | None) -> None:
         with self.lock:
@@ -88,10 +88,11 @@ def scenario(
         finally:
             tracker.leave(group)
 
-    plain = pool(cancel=cancel)(body)  # type: ignore[arg-type]
-    capped = pool(limit=limit, cancel=cancel)(body)  # type: ignore[arg-type]
-    timed = pool(timeout=0.02, cancel=cancel)(body)  # type: ignore[arg-type]
-    timed_capped = pool(timeout=0.02, limit=limit, cancel=cancel)(body)  # type: ignore[arg-type]
+    policy = cast(offload.CancelPolicy, cancel)
+    plain = pool(cancel=policy)(body)
+    capped = pool(limit=limit, cancel=policy)(body)
+    timed = pool(timeout=0.02, cancel=policy)(body)
+    timed_capped = pool(timeout=0.02, limit=limit, cancel=policy)(body)
     scopes: list[anyio.CancelScope] = []
 
     def end(i: int, how: str) -> None:
@@ -175,9 +176,9 @@ calls = st.lists(st.tuples(st.sampled_from(KINDS), st.booleans()), min_size=1, m
 @pytest.mark.parametrize(
     "backend",
     [
-        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
         pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", {}), id="trio"),
+        pytest.param(("trio", dict[str, Any]()), id="trio"),
     ],
 )
 @settings(

@@ -127,7 +127,7 @@ class TestExplicit:
     def test_bad_settings_are_refused(self, settings: dict[str, object], message: str) -> None:
         """A bad or unknown setting raises ``ValueError`` naming it and what it must be."""
         with pytest.raises(ValueError, match=message):
-            new_pool(**settings)  # type: ignore[arg-type]
+            new_pool(**settings)
 
         with pytest.raises(ValueError, match=message):
             new_pool().configure(**settings)  # type: ignore[arg-type]

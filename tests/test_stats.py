@@ -94,7 +94,7 @@ class TestSnapshot:
         gate = Gate()
         async with anyio.create_task_group() as tg:
             for i in range(5):
-                tg.start_soon(pool.call, gate.pass_through, i)
+                tg.start_soon(gate.call, pool, i)
 
             await gate.entered(2)
             with anyio.fail_after(WAIT):
