@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -49,13 +50,15 @@ def _foreign(thread: threading.Thread) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_thread_left_behind() -> Iterator[None]:
-    """Fail a test that leaves a thread alive after its event loop's run has ended."""
+    """Fail a test that leaves a thread or a child process alive after its loop's run."""
     before = set(threading.enumerate())
     yield
     left = [
         t for t in threading.enumerate() if t not in before and t.is_alive() and not _foreign(t)
     ]
     assert not left, f"threads left behind by the test: {left}"
+    children = multiprocessing.active_children()
+    assert not children, f"processes left behind by the test: {children}"
 
 
 def pytest_report_header() -> str:

@@ -136,11 +136,11 @@ class TestEndOfRun:
                 outcomes.append(f"{name} closed")
 
         async def main() -> None:
-            asyncio.create_task(waiter("running"))  # noqa: RUF006 - left behind on purpose
+            asyncio.create_task(waiter("running"))  # left behind on purpose
             while not entered.is_set():
                 await asyncio.sleep(0.001)
 
-            asyncio.create_task(waiter("pending"))  # noqa: RUF006
+            asyncio.create_task(waiter("pending"))
             await asyncio.sleep(0)
             timer.start()
 
@@ -286,8 +286,7 @@ class TestManyLoops:
 
         def run_loop() -> None:
             async def main() -> None:
-                for i in range(50):
-                    results.append(await pool.call(abs, -i))
+                results.extend([await pool.call(abs, -i) for i in range(50)])
 
             asyncio.run(main())
 

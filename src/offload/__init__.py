@@ -17,16 +17,24 @@ from ._monitor import BlockingEvent as BlockingEvent
 from ._monitor import Monitor as Monitor
 from ._monitor import monitor as monitor
 from ._pools import CancelPolicy as CancelPolicy
+from ._pools import ProcessCancelPolicy as ProcessCancelPolicy
+from ._pools import ProcessDecorator as ProcessDecorator
+from ._pools import ProcessPool as ProcessPool
 from ._pools import ThreadDecorator as ThreadDecorator
 from ._pools import ThreadPool as ThreadPool
 from ._pools import configure as configure
 from ._settings import PoolSettings as PoolSettings
+from ._settings import ProcessSettings as ProcessSettings
 from ._settings import ThreadSettings as ThreadSettings
 from ._stats import PoolStats as PoolStats
 from ._stats import TimingSummary as TimingSummary
 
 thread: ThreadPool = ThreadPool("thread")
 """The default thread pool, named ``thread``: ``@offload.thread``, ``offload.thread.call``."""
+
+process: ProcessPool = ProcessPool("process")
+"""The default process pool, named ``process``: ``@offload.process``,
+``offload.process.call``."""
 
 call = thread.call
 """``await offload.call(fn, *args, **kwargs)`` runs ``fn`` in the default thread pool."""
@@ -40,6 +48,10 @@ __all__ = (
     "PoolClosed",
     "PoolSettings",
     "PoolStats",
+    "ProcessCancelPolicy",
+    "ProcessDecorator",
+    "ProcessPool",
+    "ProcessSettings",
     "SerializationError",
     "ThreadDecorator",
     "ThreadPool",
@@ -50,6 +62,7 @@ __all__ = (
     "cancelled",
     "configure",
     "monitor",
+    "process",
     "thread",
 )
 

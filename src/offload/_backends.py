@@ -48,6 +48,17 @@ class Loop:
         """Start ``fn()`` as a task that lives until the loop's run ends, then is cancelled."""
         raise NotImplementedError
 
+    def call_later(self, delay: float, fn: Callable[[], object]) -> None:
+        """Call ``fn()`` in the loop after ``delay`` seconds (unless the run ends first)."""
+
+        async def later() -> None:
+            import anyio
+
+            await anyio.sleep(delay)
+            fn()
+
+        self.spawn_system_task(later)
+
 
 class _AsyncioLoop(Loop):
     __slots__ = ("_loop", "_tasks")
@@ -68,6 +79,9 @@ class _AsyncioLoop(Loop):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> None:
+        self._loop.call_later(delay, fn)
 
 
 class _TrioWaiter:

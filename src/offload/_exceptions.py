@@ -82,12 +82,18 @@ class WorkerCrashed(OffloadError):
     """
 
     def __init__(
-        self, function: str, pid: int | None, exitcode: int | None, signal: int | None
+        self,
+        function: str,
+        pid: int | None,
+        exitcode: int | None,
+        signal: int | None,
+        starting: bool = False,
     ) -> None:
         self.function = function
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
+        self.starting = starting
         if signal is not None:
             try:
                 how = f"was killed by {_signal.Signals(signal).name}"
@@ -96,14 +102,27 @@ class WorkerCrashed(OffloadError):
         else:
             how = f"exited with code {exitcode}"
 
-        super().__init__(
-            f"the worker process (pid {pid}) running {function}() {how}; only this call "
-            f"failed and the pool replaces the worker. Pass retries=N to re-run an idempotent "
-            f"function"
-        )
+        if starting:
+            message = (
+                f"the worker process (pid {pid}) for {function}() {how} while it started, "
+                f"before running anything. Check its stderr: a script that starts workers "
+                f'needs the `if __name__ == "__main__":` guard, and the initializer must '
+                f"not fail"
+            )
+        else:
+            message = (
+                f"the worker process (pid {pid}) running {function}() {how}; only this call "
+                f"failed and the pool replaces the worker. Pass retries=N to re-run an "
+                f"idempotent function"
+            )
+
+        super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.function, self.pid, self.exitcode, self.signal))
+        return (
+            type(self),
+            (self.function, self.pid, self.exitcode, self.signal, self.starting),
+        )
 
 
 class SerializationError(OffloadError):

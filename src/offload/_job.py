@@ -12,9 +12,17 @@ if TYPE_CHECKING:
     from ._backends import Waiter
     from ._limiter import Limiter
 
-__all__ = ("Job", "cancelled")
+__all__ = ("Job", "ProcessCallState", "cancelled", "qualname")
 
 _local = threading.local()
+
+
+class ProcessCallState:
+    """Inside a worker process: the call running now, and the last one told to stop."""
+
+    active = False
+    current = 0
+    cancelled = 0
 
 
 def cancelled() -> bool:
@@ -33,6 +41,10 @@ def cancelled() -> bool:
     Outside an offloaded call it returns False, so the same function can also be called
     directly.
     """
+    if ProcessCallState.active:
+        current = ProcessCallState.current
+        return current != 0 and current == ProcessCallState.cancelled
+
     job: Job | None = getattr(_local, "job", None)
     return job is not None and job.cancelled
 
@@ -56,11 +68,14 @@ class Job:
         "fn_limiter",
         "kwargs",
         "label",
+        "number",
         "ok",
         "queued",
+        "retries",
         "started",
         "value",
         "waiter",
+        "worker",
     )
 
     def __init__(
@@ -81,6 +96,9 @@ class Job:
         self.fn_limiter = fn_limiter
         self.queued = queued
         self.label: str | None = None
+        self.number = 0  # a process pool's call number, for cancel notices
+        self.retries = 0  # re-runs after a worker process crashed
+        self.worker: Any = None  # the process that runs it, in a process pool
         self.started = 0.0
         self.ended = 0.0
         self.ok = False
@@ -116,5 +134,11 @@ class Job:
         if self.label is not None:
             return self.label
 
-        fn = getattr(self.fn, "__func__", self.fn)
-        return getattr(fn, "__qualname__", None) or repr(fn)
+        return qualname(self.fn)
+
+
+def qualname(fn: object) -> str:
+    """Return a function's qualified name, for messages."""
+    fn = getattr(fn, "__func__", fn)
+    name = getattr(fn, "offload_name", None) or getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)

@@ -29,17 +29,28 @@ import anyio
 from typing_extensions import ParamSpec, Self, Unpack
 
 from ._backends import Loop, Waiter, current_key, current_loop
-from ._exceptions import Overloaded, PoolClosed
-from ._job import Job
+from ._exceptions import Overloaded, PoolClosed, WorkerCrashed
+from ._job import Job, qualname
 from ._limiter import Limiter
-from ._settings import PoolSettings, ThreadOptions, ThreadSettings, resolve, usable_cpus, validate
+from ._processes import KILL_GRACE, FunctionRef, ProcessWorkers, check_picklable_function
+from ._settings import (
+    PoolSettings,
+    ProcessOptions,
+    ProcessSettings,
+    ThreadOptions,
+    ThreadSettings,
+    default_start_method,
+    resolve,
+    usable_cpus,
+    validate,
+)
 from ._stats import Counters, PoolStats
 from ._threads import ThreadWorkers
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-__all__ = ("CancelPolicy", "ThreadPool", "configure")
+__all__ = ("CancelPolicy", "ProcessCancelPolicy", "ProcessPool", "ThreadPool", "configure")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,6 +59,7 @@ T = TypeVar("T")
 SettingsT = TypeVar("SettingsT", bound=PoolSettings)
 
 CancelPolicy: TypeAlias = Literal["abandon", "wait"]
+ProcessCancelPolicy: TypeAlias = Literal["kill", "wait"]
 
 logger = logging.getLogger("offload")
 
@@ -66,19 +78,31 @@ class _State(enum.Enum):
 class _Options:
     """The options of one decorated function (or of ad hoc calls, all defaults)."""
 
-    __slots__ = ("__weakref__", "cancel", "limit", "timeout")
+    __slots__ = ("__weakref__", "cancel", "grace", "limit", "retries", "timeout")
 
-    def __init__(self, limit: int | None, timeout: float | None, cancel: str) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        timeout: float | None,
+        cancel: str,
+        retries: int = 0,
+        grace: float = KILL_GRACE,
+    ) -> None:
         self.limit = limit
         self.timeout = timeout
         self.cancel = cancel
-
-
-_AD_HOC = _Options(None, None, "abandon")
+        self.retries = retries
+        self.grace = grace
 
 
 def _check_options(
-    pool: str, limit: object, timeout: object, cancel: object, policies: tuple[str, ...]
+    pool: str,
+    limit: object,
+    timeout: object,
+    cancel: object,
+    policies: tuple[str, ...],
+    retries: object = 0,
+    grace: object = KILL_GRACE,
 ) -> _Options:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r} is not valid: it must be a whole number of at least 1")
@@ -94,7 +118,21 @@ def _check_options(
             f"{', '.join(map(repr, policies))}"
         )
 
-    return _Options(limit, None if timeout is None else float(cast(float, timeout)), str(cancel))
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries={retries!r} is not valid: it must be a whole number, 0 or more")
+
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise ValueError(
+            f"grace={grace!r} is not valid: it must be a number of seconds, 0 or more"
+        )
+
+    return _Options(
+        limit,
+        None if timeout is None else float(cast(float, timeout)),
+        str(cancel),
+        retries,
+        float(grace),
+    )
 
 
 # The async library's marker (sniffio's context variable, when sniffio is loaded) is cleared
@@ -185,6 +223,8 @@ class Workers(Protocol):
     def submit(self, job: Job, max_pending: int | None, /) -> bool: ...
     def withdraw(self, job: Job, /) -> bool: ...
     def withdraw_all(self) -> list[Job]: ...
+    def interrupt(self, job: Job, kill: bool, /) -> None: ...
+    def escalate(self, job: Job, /) -> None: ...
     def resize(self, max_workers: int, idle_timeout: float, /) -> None: ...
     def shutdown(self) -> object: ...
 
@@ -333,7 +373,8 @@ class _Runtime(Generic[SettingsT]):
 
             raise PoolClosed(self.name)
 
-        job = Job(fn, args, kwargs, _worker_context(), self.loop.new_waiter(), fn_limiter, queued)
+        context = _worker_context() if self.pool._copies_context else None
+        job = Job(fn, args, kwargs, context, self.loop.new_waiter(), fn_limiter, queued)
         job.label = label
         if not self.workers.submit(job, self.settings.max_pending):
             if fn_limiter is not None:
@@ -362,12 +403,17 @@ class _Runtime(Generic[SettingsT]):
             fn_limiter = await self._admit(options, scope)
 
         job = self._submit(fn, args, kwargs, fn_limiter, queued)
+        job.retries = options.retries
         try:
             value: R = await job.waiter
         except BaseException as exc:
             if job.delivered and exc is job.error:
                 job.error = None  # break the job -> traceback -> frame -> job cycle
-                self.counters.failed += 1
+                if isinstance(exc, WorkerCrashed):
+                    self.counters.crashed += 1
+                else:
+                    self.counters.failed += 1
+
                 raise
 
             await self._cancelled(job, options, scope)
@@ -390,10 +436,18 @@ class _Runtime(Generic[SettingsT]):
             return
 
         if options.cancel == "wait":
+            self.workers.interrupt(job, False)  # a process learns it through cancelled()
             await self._wait_for_worker(job)
         else:
             job.abandoned = True
             self.abandoned += 1
+            if options.cancel == "kill":
+                self._kill(job, options.grace)
+
+    def _kill(self, job: Job, grace: float) -> None:
+        """SIGTERM the process running ``job`` now, SIGKILL it after ``grace``."""
+        self.workers.interrupt(job, True)
+        self.loop.call_later(grace, functools.partial(self.workers.escalate, job))
 
     def _forget(self, job: Job) -> None:
         """Drop a job that never reached a worker."""
@@ -536,16 +590,35 @@ class _Runtime(Generic[SettingsT]):
                 job.cancelled = True
 
             names = sorted({job.name for job in self.running})
-            logger.warning(
-                "pool %r: %d call(s) still running %.3g s after %s: %s. A thread cannot be "
-                "stopped from outside; it no longer holds up interpreter exit, and offload."
-                "cancelled() is now True inside it",
-                self.name,
-                len(self.running),
-                self.settings.shutdown_timeout,
-                "the end of the event loop's run" if loop_ending else "aclose()",
-                ", ".join(names),
-            )
+            if self.pool._kills_on_close:
+                # Processes can be stopped: kill what still runs, and wait for the kill.
+                for job in list(self.running):
+                    self._kill(job, KILL_GRACE)
+
+                self._drained = self.loop.new_waiter()
+                with anyio.move_on_after(2 * KILL_GRACE + 1.0, shield=True):
+                    await self._drained
+
+            if self.pool._kills_on_close:
+                logger.warning(
+                    "pool %r: killed %d worker process(es) still running %s %.3g s after %s",
+                    self.name,
+                    len(names),
+                    ", ".join(names),
+                    self.settings.shutdown_timeout,
+                    "the end of the event loop's run" if loop_ending else "aclose()",
+                )
+            else:
+                logger.warning(
+                    "pool %r: %d call(s) still running %.3g s after %s: %s. A thread cannot "
+                    "be stopped from outside; it no longer holds up interpreter exit, and "
+                    "offload.cancelled() is now True inside it",
+                    self.name,
+                    len(self.running),
+                    self.settings.shutdown_timeout,
+                    "the end of the event loop's run" if loop_ending else "aclose()",
+                    ", ".join(names),
+                )
 
         self.workers.shutdown()
         self.state = _State.CLOSED
@@ -572,6 +645,8 @@ class _Pool(Generic[SettingsT]):
 
     _settings_kind: type[SettingsT]
     _policies: tuple[str, ...]
+    _copies_context = True  # workers see a copy of the caller's contextvars
+    _kills_on_close = False  # running work can be killed past shutdown_timeout
 
     def __init__(self, name: str, explicit: Mapping[str, object]) -> None:
         if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -588,6 +663,7 @@ class _Pool(Generic[SettingsT]):
         self._closed_loops: weakref.WeakSet[object] = weakref.WeakSet()
         self._last: _Runtime[SettingsT] | None = None
         self._retired = Counters()
+        self._ad_hoc = _Options(None, None, self._policies[0])
         with _registry_lock:
             if name in _registry:
                 raise ValueError(
@@ -674,7 +750,7 @@ class _Pool(Generic[SettingsT]):
         default policy (a thread is abandoned: it runs on, holding its slot, and its result
         is dropped).
         """
-        return await self._runtime().run(_AD_HOC, fn, args, kwargs)
+        return await self._runtime().run(self._ad_hoc, fn, args, kwargs)
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -789,9 +865,7 @@ class _Pool(Generic[SettingsT]):
         await self.aclose()
 
 
-def _qualname(fn: object) -> str:
-    fn = getattr(fn, "__func__", fn)
-    return getattr(fn, "__qualname__", None) or repr(fn)
+_qualname = qualname
 
 
 class ThreadDecorator(Protocol):
@@ -924,6 +998,146 @@ class ThreadPool(_Pool[ThreadSettings]):
         return _decorate(self, options, fn)
 
 
+class ProcessDecorator(Protocol):
+    """What ``@pool(limit=..., timeout=..., cancel=..., retries=...)`` returns for a process
+    pool: a decorator."""
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+class ProcessPool(_Pool[ProcessSettings]):
+    """A bounded pool of worker processes, for CPU-bound work past the GIL.
+
+    Use it three ways::
+
+        cpu = offload.ProcessPool("cpu", max_workers=4)
+
+        @cpu
+        def render(page: int) -> bytes: ...
+
+        @cpu(timeout=30.0, retries=1)
+        def transcode(path: str) -> str: ...
+
+        digest = await cpu.call(hash_file, "/data/big.iso")
+
+    ``offload.process`` is the default pool, named ``process``. What a call sends must
+    pickle: the function goes by reference (a module-level function, also in a ``__main__``
+    script), its arguments and result by value. Processes do not see the caller's
+    ``contextvars``.
+
+    Args:
+        name: the pool's name: unique, and the ``<POOL>`` of ``OFFLOAD_<POOL>_<SETTING>``
+            environment variables.
+        **settings: explicit settings (:class:`ProcessSettings`), which win over the
+            environment and the defaults.
+
+    Raises:
+        ValueError: the name is taken, or a setting is not valid.
+    """
+
+    _settings_kind = ProcessSettings
+    _policies = ("kill", "wait")
+    _copies_context = False
+    _kills_on_close = True
+
+    def __init__(self, name: str, /, **settings: Unpack[ProcessOptions]) -> None:
+        super().__init__(name, settings)
+
+    def configure(self, **settings: Unpack[ProcessOptions]) -> None:  # type: ignore[override]
+        """Set some of this pool's settings; a running pool applies them to the next calls.
+
+        ``start_method``, ``initializer`` and ``initargs`` apply to worker processes that
+        start afterwards.
+
+        Raises:
+            ValueError: a setting is unknown or its value is not valid.
+        """
+        super().configure(**settings)
+
+    def _defaults(self) -> dict[str, object]:
+        return {"max_workers": usable_cpus(), "start_method": default_start_method()}
+
+    def _start_workers(self, runtime: _Runtime[ProcessSettings]) -> ProcessWorkers:
+        settings = runtime.settings
+        return ProcessWorkers(
+            self._name,
+            runtime.post,
+            settings.max_workers,
+            settings.idle_timeout,
+            settings.start_method,
+            settings.max_tasks_per_worker,
+            settings.initializer,
+            settings.initargs,
+        )
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: ProcessCancelPolicy = "kill",
+        retries: int = 0,
+        grace: float = KILL_GRACE,
+    ) -> ProcessDecorator: ...
+    def __call__(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: ProcessCancelPolicy = "kill",
+        retries: int = 0,
+        grace: float = KILL_GRACE,
+    ) -> Any:
+        """Turn a CPU-bound function into an async one that runs in a worker process.
+
+        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=..., retries=...)`` both work.
+        The function must be defined at module level (a lambda or a local function cannot
+        be sent to a process: :exc:`~offload.SerializationError` says so at once).
+
+        Args:
+            fn: the function (or method, staticmethod, classmethod).
+            limit: at most this many calls of this function run at once (per event loop).
+            timeout: seconds for waiting and running together; past them the call raises
+                the built-in ``TimeoutError`` and its worker is killed.
+            cancel: ``"kill"`` (default) gives control back at once when the awaiter is
+                cancelled and terminates the worker process (SIGTERM, then SIGKILL after
+                ``grace`` seconds); a fresh one replaces it on demand. ``"wait"`` lets the
+                call finish (``offload.cancelled()`` turns True inside it) and delivers the
+                cancellation when it returns.
+            retries: re-run the call this many times on a fresh worker when its worker
+                process crashes (for idempotent functions).
+            grace: seconds between SIGTERM and SIGKILL when a call is killed.
+
+        **Cancellation**: a call still pending when its awaiter is cancelled never runs.
+        """
+        options = _check_options(
+            self._name, limit, timeout, cancel, self._policies, retries, grace
+        )
+        if fn is None:
+            return functools.partial(_decorate, self, options)
+
+        return _decorate(self, options, fn)
+
+
 def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
     if isinstance(fn, staticmethod):
         return staticmethod(_decorate(pool, options, fn.__func__))
@@ -939,6 +1153,12 @@ def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
 
     if not callable(fn):
         raise TypeError(f"{pool!r} decorates a function, not {fn!r}")
+
+    target: Callable[..., Any] = fn
+    if isinstance(pool, ProcessPool):
+        check_picklable_function(fn, pool.name)
+        # The worker imports the function by name (the name is this wrapper's).
+        target = cast(Callable[..., Any], FunctionRef(fn.__module__, fn.__qualname__))
 
     if inspect.isgeneratorfunction(fn):
         if not isinstance(pool, ThreadPool):
@@ -973,15 +1193,17 @@ def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
 
         @functools.wraps(fn)
         async def offloaded(*args: Any, **kwargs: Any) -> Any:
-            return await runtime().run(options, fn, args, kwargs)
+            return await runtime().run(options, target, args, kwargs)
 
     else:
         call = pool._call
 
         @functools.wraps(fn)
         async def offloaded(*args: Any, **kwargs: Any) -> Any:
-            return await call(options, fn, args, kwargs)
+            return await call(options, target, args, kwargs)
 
+    # A process worker finds the wrapper by its module and name, and runs this instead.
+    offloaded.__offload_target__ = fn  # type: ignore[attr-defined]
     return offloaded
 
 

@@ -8,11 +8,21 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from typing_extensions import TypedDict
 
-__all__ = ("PoolSettings", "ThreadSettings", "env_name", "resolve", "validate")
+__all__ = (
+    "PoolSettings",
+    "ProcessOptions",
+    "ProcessSettings",
+    "ThreadOptions",
+    "ThreadSettings",
+    "default_start_method",
+    "env_name",
+    "resolve",
+    "validate",
+)
 
 
 def usable_cpus() -> int:
@@ -51,6 +61,33 @@ class ThreadSettings(PoolSettings):
     """The settings of a :class:`~offload.ThreadPool`."""
 
 
+def default_start_method() -> str:
+    """Return ``forkserver`` where the platform has it, else ``spawn``."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSettings(PoolSettings):
+    """The settings of a :class:`~offload.ProcessPool`.
+
+    Attributes:
+        max_tasks_per_worker: a worker process exits after this many calls and a fresh one
+            replaces it (``None``, the default: never).
+        start_method: how worker processes start: ``forkserver`` (the default where
+            available), ``spawn`` or ``fork``.
+        initializer: called once in each worker process as it starts, with ``initargs``.
+        initargs: the arguments of ``initializer``.
+    """
+
+    max_tasks_per_worker: int | None = None
+    start_method: str = "spawn"
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+
+
 class ThreadOptions(TypedDict, total=False):
     """Keyword arguments that set a thread pool's settings (see :class:`PoolSettings`)."""
 
@@ -58,6 +95,19 @@ class ThreadOptions(TypedDict, total=False):
     max_pending: int | None
     idle_timeout: float
     shutdown_timeout: float
+
+
+class ProcessOptions(TypedDict, total=False):
+    """Keyword arguments that set a process pool's settings (see :class:`ProcessSettings`)."""
+
+    max_workers: int
+    max_pending: int | None
+    idle_timeout: float
+    shutdown_timeout: float
+    max_tasks_per_worker: int | None
+    start_method: str
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
 
 
 def env_name(pool: str, setting: str) -> str:
@@ -97,6 +147,33 @@ def _optional_whole(value: object) -> int | None:
     return None if value is None else _whole(value, 0)
 
 
+def _optional_positive(value: object) -> int | None:
+    return None if value is None else _whole(value, 1)
+
+
+def _start_method(value: object) -> str:
+    import multiprocessing
+
+    if value not in multiprocessing.get_all_start_methods():
+        raise ValueError
+
+    return str(value)
+
+
+def _initializer(value: object) -> object:
+    if value is not None and not callable(value):
+        raise TypeError
+
+    return value
+
+
+def _initargs(value: object) -> tuple[Any, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise TypeError
+
+    return tuple(cast("tuple[Any, ...]", value))
+
+
 # For each setting: how to check an explicit value, what a valid value is (for the message),
 # and how to read one from an environment variable's text.
 _CHECKS: dict[str, tuple[Callable[[object], Any], str]] = {
@@ -104,15 +181,42 @@ _CHECKS: dict[str, tuple[Callable[[object], Any], str]] = {
     "max_pending": (_optional_whole, "a whole number of at least 0, or None for unbounded"),
     "idle_timeout": (_positive_seconds, "a number of seconds greater than 0"),
     "shutdown_timeout": (_seconds, "a number of seconds, 0 or more"),
+    "max_tasks_per_worker": (
+        _optional_positive,
+        "a whole number of at least 1, or None for no limit",
+    ),
+    "start_method": (_start_method, "one of this platform's start methods: {methods}"),
+    "initializer": (_initializer, "a callable, or None"),
+    "initargs": (_initargs, "a tuple of arguments"),
 }
+
+# Settings that only explicit arguments set (no environment variable can hold a function).
+_NOT_FROM_ENVIRONMENT = frozenset({"initializer", "initargs"})
+
+
+def _wanted(setting: str) -> str:
+    wanted = _CHECKS[setting][1]
+    if "{methods}" in wanted:
+        import multiprocessing
+
+        wanted = wanted.format(methods=", ".join(multiprocessing.get_all_start_methods()))
+
+    return wanted
 
 
 def _from_text(setting: str, text: str) -> object:
     text = text.strip()
-    if setting == "max_pending" and text.lower() in ("", "none", "unbounded"):
+    if setting in ("max_pending", "max_tasks_per_worker") and text.lower() in (
+        "",
+        "none",
+        "unbounded",
+    ):
         return None
 
-    if setting in ("max_workers", "max_pending"):
+    if setting == "start_method":
+        return text
+
+    if setting in ("max_workers", "max_pending", "max_tasks_per_worker"):
         return int(text)
 
     return float(text)
@@ -127,12 +231,12 @@ def validate(pool: str, fields: tuple[str, ...], settings: Mapping[str, object])
                 f"{key!r} is not a setting of pool {pool!r}; its settings are: {', '.join(fields)}"
             )
 
-        check, wanted = _CHECKS[key]
+        check = _CHECKS[key][0]
         try:
             checked[key] = check(value)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{key}={value!r} is not valid for pool {pool!r}: it must be {wanted}"
+                f"{key}={value!r} is not valid for pool {pool!r}: it must be {_wanted(key)}"
             ) from None
 
     return checked
@@ -156,15 +260,16 @@ def resolve(
     for field in dataclasses.fields(kind):
         name = env_name(pool, field.name)
         text = environ.get(name)
-        if text is None or field.name not in _CHECKS:
+        if text is None or field.name in _NOT_FROM_ENVIRONMENT:
             continue
 
-        check, wanted = _CHECKS[field.name]
+        check = _CHECKS[field.name][0]
         try:
             values[field.name] = check(_from_text(field.name, text))
         except (TypeError, ValueError):
             raise ValueError(
-                f"environment variable {name}={text!r} is not valid: {field.name} must be {wanted}"
+                f"environment variable {name}={text!r} is not valid: {field.name} must be "
+                f"{_wanted(field.name)}"
             ) from None
 
     values.update(explicit)

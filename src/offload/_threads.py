@@ -16,6 +16,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ._job import Job
 
@@ -27,12 +28,16 @@ class _Worker(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.workers = workers
         self.job: Job | None = None
+        self.process: Any = None  # a process pool's worker process, owned by this thread
         self.woken = False
         self.wakeup = threading.Lock()
         self.wakeup.acquire()
 
     def run(self) -> None:
-        self.workers._work(self)
+        try:
+            self.workers._work(self)
+        finally:
+            self.workers._on_exit(self)
 
 
 class ThreadWorkers:
@@ -143,7 +148,7 @@ class ThreadWorkers:
                 done = None
 
             if job is not None:
-                job.run()
+                self._execute(me, job)
                 done = job
                 del job
                 continue
@@ -159,6 +164,20 @@ class ThreadWorkers:
                         return
 
                 me.wakeup.acquire()  # a wake-up raced the timeout: take it
+
+    def _execute(self, me: _Worker, job: Job) -> None:
+        """Run ``job`` on the thread ``me`` (a process pool runs it in ``me``'s process)."""
+        job.run()
+
+    def _on_exit(self, me: _Worker) -> None:
+        """The thread ``me`` is about to exit (a process pool stops its process)."""
+
+    def interrupt(self, job: Job, kill: bool) -> None:
+        """The caller of a running ``job`` is gone; a thread cannot be stopped from outside,
+        so the job's ``cancelled`` flag (read by ``offload.cancelled()``) is all there is."""
+
+    def escalate(self, job: Job) -> None:
+        """Nothing to escalate for a thread."""
 
     def resize(self, max_workers: int, idle_timeout: float) -> None:
         """Apply new settings: more threads start on demand; extra ones exit when idle."""
