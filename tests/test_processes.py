@@ -15,6 +15,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import offload
 from _support import WAIT, spin_until
@@ -571,3 +573,141 @@ async def _release_later(pool: offload.ProcessPool, path: str) -> None:
 
 async def _spin_abandoned(pool: offload.ProcessPool, path: str) -> None:
     await pool.call(spin_after_touching, path)
+
+
+# -- randomised: calls, cancellations, timeouts, crashes and exceptions -----------------------
+
+PROCESS_KINDS = ("ok", "raise", "crash", "cancel", "timeout")
+PROCESS_ENDINGS = {
+    "ok": "result",
+    "raise": "raised",
+    "crash": "crashed",
+    "cancel": "cancelled",
+    "timeout": "timed_out",
+}
+
+
+def random_body(kind: str, i: int) -> int:
+    """What one call of the randomised test does in its worker."""
+    if kind == "raise":
+        raise ValueError(i)
+
+    if kind == "crash":
+        os._exit(11)
+
+    if kind in ("cancel", "timeout"):  # until killed, or told that the caller is gone
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not offload.cancelled():
+            time.sleep(0.001)
+
+    return i
+
+
+def process_scenario(
+    backend: tuple[str, dict[str, Any]],
+    kinds: list[str],
+    max_workers: int,
+    max_pending: int | None,
+    cancel: str,
+    seed: int,
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    pool = new_pool(max_workers=max_workers, max_pending=max_pending)
+    policy: Any = cancel
+    plain = pool(cancel=policy)(random_body)
+    timed = pool(cancel=policy, timeout=0.05)(random_body)
+    outcomes: dict[int, str] = {}
+
+    def end(i: int, how: str) -> None:
+        assert i not in outcomes, f"call {i} ended twice: {outcomes[i]} and {how}"
+        outcomes[i] = how
+
+    async def one(i: int, scope: anyio.CancelScope) -> None:
+        fn = timed if kinds[i] == "timeout" else plain
+        with scope:
+            try:
+                result = await fn(kinds[i], i)
+            except offload.Overloaded:
+                end(i, "overloaded")
+            except offload.WorkerCrashed:
+                end(i, "crashed")
+            except ValueError:
+                end(i, "raised")
+            except TimeoutError:
+                end(i, "timed_out")
+            else:
+                end(i, "result" if result == i else f"wrong result {result}")
+
+        if scope.cancelled_caught:
+            end(i, "cancelled")
+
+    async def main() -> None:
+        scopes = [anyio.CancelScope() for _ in kinds]
+        async with anyio.create_task_group() as tg:
+            for i in range(len(kinds)):
+                tg.start_soon(one, i, scopes[i])
+                for _ in range(rng.randrange(3)):
+                    await anyio.lowlevel.checkpoint()
+
+            cancels = [i for i, kind in enumerate(kinds) if kind == "cancel"]
+            rng.shuffle(cancels)
+            for i in cancels:
+                await anyio.sleep(rng.choice([0, 0.001, 0.02]))
+                scopes[i].cancel()
+
+        with anyio.fail_after(WAIT):
+            while pool.stats().busy:
+                await anyio.sleep(0.005)
+
+    anyio.run(main, backend=backend[0], backend_options=backend[1])
+    assert sorted(outcomes) == list(range(len(kinds))), "every call ends exactly once"
+    for i, how in outcomes.items():
+        allowed = {PROCESS_ENDINGS[kinds[i]]} | (
+            {"overloaded"} if max_pending is not None else set()
+        )
+        assert how in allowed, (kinds[i], how)
+
+    stats = pool.stats()
+    counts = {how: list(outcomes.values()).count(how) for how in set(outcomes.values())}
+    assert stats.completed == counts.get("result", 0)
+    assert stats.failed == counts.get("raised", 0)
+    assert stats.crashed == counts.get("crashed", 0)
+    assert stats.cancelled == counts.get("cancelled", 0)
+    assert stats.timed_out == counts.get("timed_out", 0)
+    assert stats.rejected == counts.get("overloaded", 0)
+    assert (stats.busy, stats.pending, stats.abandoned) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+        pytest.param(("trio", dict[str, Any]()), id="trio"),
+    ],
+)
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kinds=st.lists(st.sampled_from(PROCESS_KINDS), min_size=1, max_size=8),
+    max_workers=st.integers(1, 2),
+    max_pending=st.one_of(st.none(), st.integers(0, 3)),
+    cancel=st.sampled_from(["kill", "wait"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_process_call_ends_exactly_once(
+    backend: tuple[str, dict[str, Any]],
+    kinds: list[str],
+    max_workers: int,
+    max_pending: int | None,
+    cancel: str,
+    seed: int,
+) -> None:
+    """Random calls, cancellations, timeouts, crashes and errors on worker processes: each
+    call ends exactly once, as its kind allows, and the counters agree."""
+    process_scenario(backend, kinds, max_workers, max_pending, cancel, seed)
