@@ -57,6 +57,12 @@ def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
 def return_lock() -> object:
     return threading.Lock()
 
@@ -310,6 +316,14 @@ class TestCrashes:
 
         assert info.value.signal == signal.SIGKILL
 
+    async def test_segfault_is_a_crash(self) -> None:
+        """A worker that segfaults fails its call with ``WorkerCrashed`` naming SIGSEGV."""
+        pool = new_pool(max_workers=1)
+        with pytest.raises(offload.WorkerCrashed, match="SIGSEGV"):
+            await pool.call(segfault)
+
+        assert await pool.call(square, 7) == 49
+
     async def test_crash_leaves_a_concurrent_call_alone(self, tmp: Path) -> None:
         """While one worker crashes, a call running on another worker finishes normally."""
         pool = new_pool(max_workers=2)
@@ -430,6 +444,50 @@ class TestCancellation:
             (tmp / "started.go").write_text("go")
 
         assert not never.exists()
+
+
+class TestCapacity:
+    async def test_never_more_than_max_workers_processes(self, tmp: Path) -> None:
+        """Four calls on two worker processes: two run, two wait, then they run."""
+        pool = new_pool(max_workers=2)
+        paths = [tmp / f"call{i}" for i in range(4)]
+        async with anyio.create_task_group() as tg:
+            for path in paths:
+                tg.start_soon(_release_later, pool, str(path))
+
+            with anyio.fail_after(WAIT):
+                while sum(path.exists() for path in paths) < 2 or pool.stats().pending != 2:
+                    await anyio.sleep(0.005)
+
+            stats = pool.stats()
+            assert (stats.busy, stats.pending, stats.workers) == (2, 2, 2)
+            assert sum(path.exists() for path in paths) == 2
+            for path in paths:
+                Path(f"{path}.go").write_text("go")
+
+        assert all(path.exists() for path in paths)
+        assert pool.stats().completed == 4
+
+    async def test_overloaded(self, tmp: Path) -> None:
+        """Past ``max_pending`` waiting calls, a process call fails at once."""
+        pool = new_pool(max_workers=1, max_pending=0)
+        started = tmp / "started"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_release_later, pool, str(started))
+            await file_appears(started)
+            with pytest.raises(offload.Overloaded):
+                await pool.call(square, 1)
+
+            Path(f"{started}.go").write_text("go")
+
+    async def test_aclose(self) -> None:
+        """``aclose()`` stops the worker processes; later calls raise ``PoolClosed``."""
+        pool = new_pool(max_workers=1)
+        pid = await pool.call(getpid)
+        await pool.aclose()
+        assert not pid_alive(pid)
+        with pytest.raises(offload.PoolClosed):
+            await pool.call(getpid)
 
 
 class TestSettings:
