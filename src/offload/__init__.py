@@ -16,6 +16,7 @@ from ._job import cancelled as cancelled
 from ._monitor import BlockingEvent as BlockingEvent
 from ._monitor import Monitor as Monitor
 from ._monitor import monitor as monitor
+from ._pools import CallFunction as _CallFunction
 from ._pools import CancelPolicy as CancelPolicy
 from ._pools import ProcessCancelPolicy as ProcessCancelPolicy
 from ._pools import ProcessDecorator as ProcessDecorator
@@ -36,7 +37,7 @@ process: ProcessPool = ProcessPool("process")
 """The default process pool, named ``process``: ``@offload.process``,
 ``offload.process.call``."""
 
-call = thread.call
+call: _CallFunction = thread.call
 """``await offload.call(fn, *args, **kwargs)`` runs ``fn`` in the default thread pool."""
 
 __all__ = (

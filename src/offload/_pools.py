@@ -868,6 +868,14 @@ class _Pool(Generic[SettingsT]):
 _qualname = qualname
 
 
+class CallFunction(Protocol):
+    """The type of ``offload.call``: ``await call(fn, *args, **kwargs)``."""
+
+    def __call__(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]: ...
+
+
 class ThreadDecorator(Protocol):
     """What ``@pool(limit=..., timeout=..., cancel=...)`` returns: a decorator."""
 
