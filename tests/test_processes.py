@@ -390,6 +390,7 @@ class TestCancellation:
     async def test_timeout_kills_the_worker(self, tmp: Path) -> None:
         """A call past its ``timeout`` raises ``TimeoutError`` and its worker is killed."""
         pool = new_pool(max_workers=1)
+        await pool.call(getpid)  # start the worker first: the timeout is for the call alone
         started = tmp / "started"
         spin = pool(timeout=0.5)(spin_after_touching)
         with pytest.raises(TimeoutError):

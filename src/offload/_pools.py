@@ -254,6 +254,9 @@ class _Runtime(Generic[SettingsT]):
         self._drained: Waiter | None = None
         self._closed: list[Waiter] = []
         self.workers = pool._start_workers(self)
+        self._workers_submit = self.workers.submit
+        self._new_waiter = loop.new_waiter
+        self._copies_context = pool._copies_context
         loop.spawn_system_task(self._guard)
 
     # -- completions: worker threads -> loop ----------------------------------------------
@@ -288,10 +291,22 @@ class _Runtime(Generic[SettingsT]):
             job.fn_limiter.release()
 
         started = job.started
-        if started:
-            counters = self.counters
-            counters.wait_time.add(started - job.queued)
-            counters.run_time.add(job.ended - started)
+        if started:  # inline _Timing.add (this runs once per call, on the loop thread)
+            timing = self.counters.wait_time
+            seconds = started - job.queued
+            timing.count += 1
+            timing.total += seconds
+            timing.recent.append(seconds)
+            if seconds > timing.max:
+                timing.max = seconds
+
+            timing = self.counters.run_time
+            seconds = job.ended - started
+            timing.count += 1
+            timing.total += seconds
+            timing.recent.append(seconds)
+            if seconds > timing.max:
+                timing.max = seconds
 
         if job.abandoned:
             self.abandoned -= 1
@@ -373,10 +388,12 @@ class _Runtime(Generic[SettingsT]):
 
             raise PoolClosed(self.name)
 
-        context = _worker_context() if self.pool._copies_context else None
-        job = Job(fn, args, kwargs, context, self.loop.new_waiter(), fn_limiter, queued)
-        job.label = label
-        if not self.workers.submit(job, self.settings.max_pending):
+        context = _worker_context() if self._copies_context else None
+        job = Job(fn, args, kwargs, context, self._new_waiter(), fn_limiter, queued)
+        if label is not None:
+            job.label = label
+
+        if not self._workers_submit(job, self.settings.max_pending):
             if fn_limiter is not None:
                 fn_limiter.release()
 
@@ -386,41 +403,6 @@ class _Runtime(Generic[SettingsT]):
         self.running.add(job)
         self.counters.submitted += 1
         return job
-
-    async def run(
-        self,
-        options: _Options,
-        fn: Callable[..., R],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        scope: anyio.CancelScope | None = None,
-    ) -> R:
-        """Run one call in this loop's workers and return (or raise) its outcome."""
-        queued = perf_counter()
-        if options.limit is None:  # the hot path: no coroutine for the limiter
-            fn_limiter = None
-        else:
-            fn_limiter = await self._admit(options, scope)
-
-        job = self._submit(fn, args, kwargs, fn_limiter, queued)
-        job.retries = options.retries
-        try:
-            value: R = await job.waiter
-        except BaseException as exc:
-            if job.delivered and exc is job.error:
-                job.error = None  # break the job -> traceback -> frame -> job cycle
-                if isinstance(exc, WorkerCrashed):
-                    self.counters.crashed += 1
-                else:
-                    self.counters.failed += 1
-
-                raise
-
-            await self._cancelled(job, options, scope)
-            raise
-
-        self.counters.completed += 1
-        return value
 
     async def _cancelled(
         self, job: Job, options: _Options, scope: anyio.CancelScope | None
@@ -726,17 +708,18 @@ class _Pool(Generic[SettingsT]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> R:
-        runtime = self._runtime()
         timeout = options.timeout
         if timeout is None:
-            return await runtime.run(options, fn, args, kwargs)
+            return await self._run(options, fn, args, kwargs)
 
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            return await runtime.run(options, fn, args, kwargs, scope)
+            return await self._run(options, fn, args, kwargs, scope)
 
         raise _timeout_error(self._name, _qualname(fn), timeout)
 
-    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def call(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
         """Run ``fn(*args, **kwargs)`` in this pool and return its result.
 
         ``await pool.call(fn, x)`` does what ``fn(x)`` does, without stopping the event loop.
@@ -750,7 +733,55 @@ class _Pool(Generic[SettingsT]):
         default policy (a thread is abandoned: it runs on, holding its slot, and its result
         is dropped).
         """
-        return await self._runtime().run(self._ad_hoc, fn, args, kwargs)
+        # A plain function returning the coroutine saves a frame per call; the pool starts
+        # in the loop that awaits it.
+        return self._run(self._ad_hoc, fn, args, kwargs)
+
+    async def _run(
+        self,
+        options: _Options,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scope: anyio.CancelScope | None = None,
+    ) -> R:
+        """Run one call in this loop's workers and return (or raise) its outcome.
+
+        This is the hot path of every call: one coroutine frame from the runtime lookup to
+        the result.
+        """
+        queued = perf_counter()
+        key = current_key()
+        runtime = self._last
+        if runtime is None or runtime.key is not key:
+            runtime = self._runtime()
+
+        if options.limit is None:  # no coroutine for the limiter
+            fn_limiter = None
+        else:
+            fn_limiter = await runtime._admit(options, scope)
+
+        job = runtime._submit(fn, args, kwargs, fn_limiter, queued)
+        if options.retries:
+            job.retries = options.retries
+
+        try:
+            value: R = await job.waiter
+        except BaseException as exc:
+            if job.delivered and exc is job.error:
+                job.error = None  # break the job -> traceback -> frame -> job cycle
+                if isinstance(exc, WorkerCrashed):
+                    runtime.counters.crashed += 1
+                else:
+                    runtime.counters.failed += 1
+
+                raise
+
+            await runtime._cancelled(job, options, scope)
+            raise
+
+        runtime.counters.completed += 1
+        return value
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -1197,11 +1228,11 @@ def _decorate(pool: _Pool[Any], options: _Options, fn: Any) -> Any:
         return stream
 
     if options.timeout is None:
-        runtime = pool._runtime
+        run = pool._run
 
         @functools.wraps(fn)
         async def offloaded(*args: Any, **kwargs: Any) -> Any:
-            return await runtime().run(options, target, args, kwargs)
+            return await run(options, target, args, kwargs)
 
     else:
         call = pool._call

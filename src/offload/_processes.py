@@ -269,7 +269,11 @@ class _Process:
         self.calls = 0
         self.killed = False
         self.closed = False
-        self._control_lock = threading.Lock()
+        # The number of the call running in this worker now (0: none). The owning thread
+        # sets and clears it, and interrupt() reads it, under ``lock``: a kill meant for
+        # one call must never hit the next call on the same worker.
+        self.current = 0
+        self.lock = threading.Lock()
 
     def wait_ready(self, function: str) -> None:
         """Wait for the worker's start (its initializer); raise what the initializer raised."""
@@ -299,12 +303,11 @@ class _Process:
         return WorkerCrashed(function, self.pid, code, None, starting)
 
     def notify_cancelled(self, number: int) -> None:
-        """Tell the worker that call ``number``'s caller asked to stop."""
-        with self._control_lock:
-            try:
-                self.control.send_bytes(_JOB_NUMBER.pack(number))
-            except (OSError, ValueError):  # gone already
-                pass
+        """Tell the worker that call ``number``'s caller asked to stop (under ``lock``)."""
+        try:
+            self.control.send_bytes(_JOB_NUMBER.pack(number))
+        except (OSError, ValueError):  # gone already
+            pass
 
     def kill(self, sig: int) -> None:
         self.killed = True
@@ -410,6 +413,12 @@ class ProcessWorkers(ThreadWorkers):
         tries = 0
         while True:
             process: _Process | None = me.process
+            if process is not None and process.killed:
+                # A kill that landed as its call finished: this worker is on its way out.
+                me.process = None
+                process.stop()
+                process = None
+
             if process is None:
                 try:
                     process = me.process = self._start_process(job.name)
@@ -418,8 +427,14 @@ class ProcessWorkers(ThreadWorkers):
                     return
 
             job.worker = process
-            if _gone(job):  # checked after publishing the process: see interrupt()
-                return
+            with process.lock:
+                # interrupt() sets job.cancelled first, then looks at process.current under
+                # this lock: either it sees this call running and kills it, or we see the
+                # flag here and never send it.
+                if _gone(job):
+                    return
+
+                process.current = number
 
             job.started = perf_counter()
             try:
@@ -427,6 +442,9 @@ class ProcessWorkers(ThreadWorkers):
                 answer = process.conn.recv_bytes()
             except (EOFError, OSError):
                 job.ended = perf_counter()
+                with process.lock:
+                    process.current = 0
+
                 me.process = None
                 crash = process.crashed(job.name)
                 if job.cancelled or process.killed:
@@ -448,6 +466,9 @@ class ProcessWorkers(ThreadWorkers):
                 return
 
             job.ended = perf_counter()
+            with process.lock:
+                process.current = 0
+
             break
 
         try:
@@ -487,13 +508,21 @@ class ProcessWorkers(ThreadWorkers):
         if process is None:
             return  # not sent yet: the thread sees job.cancelled before it sends
 
-        if kill:
-            process.kill(signal.SIGTERM)
-        elif job.number:
-            process.notify_cancelled(job.number)
+        with process.lock:
+            if process.current != job.number:
+                return  # not sent yet, or done already: nothing to stop
+
+            if kill:
+                process.kill(signal.SIGTERM)
+            else:
+                process.notify_cancelled(job.number)
 
     def escalate(self, job: Job) -> None:
         """SIGKILL the worker of ``job`` if SIGTERM did not end it."""
         process: _Process | None = job.worker
-        if process is not None and process.killed and process.alive():
-            process.kill(signal.SIGKILL)
+        if process is None:
+            return
+
+        with process.lock:
+            if process.killed and process.current == job.number and process.alive():
+                process.kill(signal.SIGKILL)

@@ -65,8 +65,9 @@ class ThreadWorkers:
 
     @property
     def pending(self) -> int:
-        """How many jobs wait for a thread."""
-        return max(0, len(self._jobs) - self._in_transit)
+        """How many jobs wait for a thread (beyond those that threads on their way or idle
+        threads about to be woken will take)."""
+        return max(0, len(self._jobs) - self._in_transit - len(self._idle))
 
     def submit(self, job: Job, max_pending: int | None) -> bool:
         """Queue ``job`` and make sure a thread will run it.
@@ -76,29 +77,48 @@ class ThreadWorkers:
             not queued.
         """
         with self._lock:
-            if self._idle:
-                worker = self._idle.pop()
-                worker.woken = True
-                self._in_transit += 1
-                self._jobs.append(job)
-                worker.wakeup.release()
-                return True
-
-            if len(self._threads) >= self.max_workers:
-                if max_pending is not None and self.pending >= max_pending:
-                    return False
-
-                self._jobs.append(job)
-                return True
+            if (
+                max_pending is not None
+                and not self._idle
+                and len(self._threads) >= self.max_workers
+                and self.pending >= max_pending
+            ):
+                return False
 
             self._jobs.append(job)
-            worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}")
+            new = None if self._in_transit else self._wake_one()
+
+        if new is not None:
+            new.start()
+
+        return True
+
+    def _wake_one(self) -> _Worker | None:
+        """Wake an idle thread, or make a new one if there is room (under the lock).
+
+        One thread at a time is on its way: it wakes the next when it takes a job and more
+        are queued. So a burst of tiny calls is served by the few threads that keep up with
+        it, not by every idle thread fighting for the GIL, while a burst of blocking calls
+        still fans out to every thread, one wake-up after the other.
+
+        Returns:
+            A new thread, for the caller to start once it has released the lock.
+        """
+        if self._idle:
+            worker = self._idle.pop()
             worker.woken = True
             self._in_transit += 1
-            self._threads.add(worker)
+            worker.wakeup.release()
+            return None
 
-        worker.start()
-        return True
+        if len(self._threads) >= self.max_workers:
+            return None
+
+        worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}")
+        worker.woken = True
+        self._in_transit += 1
+        self._threads.add(worker)
+        return worker
 
     def withdraw(self, job: Job) -> bool:
         """Take ``job`` back if no thread has started it; return whether it was."""
@@ -123,6 +143,7 @@ class ThreadWorkers:
         post = self._post
         done: Job | None = None
         while True:
+            new = None
             with lock:
                 if me.woken:
                     me.woken = False
@@ -133,15 +154,22 @@ class ThreadWorkers:
                 if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
+                    if jobs and not self._in_transit:
+                        new = self._wake_one()  # more are queued: pass the word on
                 elif self._closing or exiting:
                     self._threads.discard(me)
                     job = None
                     exiting = True
+                    if jobs and not self._in_transit:
+                        new = self._wake_one()  # leaving: someone else takes the queue
                 else:
                     # Idle *before* the finished job goes back to the loop, so the call that
                     # its completion sets off finds this thread free instead of a new one.
                     job = None
                     self._idle.append(me)
+
+            if new is not None:
+                new.start()
 
             if done is not None:
                 post(done)
