@@ -252,3 +252,24 @@ class TestMaxPending:
             gate.open()
 
         assert gate.order == ["running", "waiting"]
+
+
+class TestPendingCount:
+    async def test_limit_waiters_and_queue_share_max_pending(self) -> None:
+        """Calls waiting for a limit and calls waiting for a worker share ``max_pending``."""
+        pool = new_pool(max_workers=1, max_pending=1)
+        gate = Gate()
+
+        @pool(limit=1)
+        def limited(tag: object) -> object:
+            return gate.pass_through(tag)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(limited, "running")
+            await gate.entered(1)
+            tg.start_soon(limited, "waits for the limit")
+            await until(pending_is(pool, 1), "one call waits for the limit")
+            with pytest.raises(offload.Overloaded):
+                await pool.call(gate.pass_through, "would wait for a worker")
+
+            gate.open()

@@ -770,3 +770,15 @@ def test_every_process_call_ends_exactly_once(
     """Random calls, cancellations, timeouts, crashes and errors on worker processes: each
     call ends exactly once, as its kind allows, and the counters agree."""
     process_scenario(backend, kinds, max_workers, max_pending, cancel, seed)
+
+
+class TestReconfigure:
+    async def test_running_pool_applies_new_worker_settings(self) -> None:
+        """``configure`` on a running process pool reaches the workers that start next."""
+        pool = new_pool(max_workers=1, initializer=remember, initargs=("first",))
+        assert await pool.call(initialized) == ["first"]
+        pool.configure(initargs=("second",), max_tasks_per_worker=1)
+        # the running worker ends after its next call; the one after starts anew
+        assert await pool.call(initialized) == ["first"]
+        assert await pool.call(initialized) == ["second"]
+        assert await pool.call(initialized) == ["second"]

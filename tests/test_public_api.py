@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import inspect
+import typing
 
 import offload
 
@@ -16,11 +18,22 @@ class TestSurface:
             assert hasattr(offload, name), name
 
     def test_no_private_module_leaks(self) -> None:
-        """Public classes and functions say they come from ``offload``."""
+        """Public classes and functions say they come from ``offload`` (dataclasses excepted,
+        so that their annotations resolve)."""
         for name in offload.__all__:
             obj = getattr(offload, name)
+            if dataclasses.is_dataclass(obj):
+                continue
+
             if inspect.isclass(obj) or inspect.isfunction(obj):
                 assert obj.__module__ == "offload", name
+
+    def test_type_hints_resolve(self) -> None:
+        """``typing.get_type_hints`` works on every public class (tools inspect them)."""
+        for name in offload.__all__:
+            obj = getattr(offload, name)
+            if inspect.isclass(obj):
+                typing.get_type_hints(obj)
 
     def test_error_tree(self) -> None:
         """Every offload error is an ``OffloadError``."""

@@ -69,9 +69,15 @@ __all__ = (
 
 
 def _set_module() -> None:
-    # Public names read as ``offload.X`` in reprs, tracebacks and the docs.
+    # Public names read as ``offload.X`` in reprs, tracebacks and the docs. Dataclasses keep
+    # their module: typing.get_type_hints() resolves their annotations in it.
+    import dataclasses
+
     for name in __all__:
         obj = globals()[name]
+        if dataclasses.is_dataclass(obj):
+            continue
+
         if getattr(obj, "__module__", "").startswith("offload._"):
             try:
                 obj.__module__ = "offload"

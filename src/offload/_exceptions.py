@@ -53,6 +53,7 @@ class PoolClosed(OffloadError):
 
     Attributes:
         pool: the pool's name.
+        detail: more about why, if anything.
     """
 
     def __init__(self, pool: str, detail: str = "") -> None:
@@ -79,6 +80,7 @@ class WorkerCrashed(OffloadError):
         pid: the worker's process id.
         exitcode: the worker's exit code, or ``None`` if a signal killed it.
         signal: the signal number that killed the worker, or ``None``.
+        starting: True if the worker died while it started, before it ran the call.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class SerializationError(OffloadError):
     Attributes:
         what: which part failed: ``"function"``, ``"argument"`` or ``"result"``.
         function: the qualified name of the function.
+        reason: what went wrong, as pickle said it.
         fix: how to make it work.
     """
 
@@ -139,7 +142,9 @@ class SerializationError(OffloadError):
         self.function = function
         self.reason = reason
         self.fix = fix
-        super().__init__(f"cannot send the {what} of {function}() to a process: {reason}. {fix}")
+        where = "back from its worker process" if what == "result" else "to a worker process"
+        message = f"cannot send the {what} of {function}() {where}: {reason}"
+        super().__init__(f"{message}. {fix}" if fix else message)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.what, self.function, self.reason, self.fix))

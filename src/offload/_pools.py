@@ -225,7 +225,7 @@ class Workers(Protocol):
     def withdraw_all(self) -> list[Job]: ...
     def interrupt(self, job: Job, kill: bool, /) -> None: ...
     def escalate(self, job: Job, /) -> None: ...
-    def resize(self, max_workers: int, idle_timeout: float, /) -> None: ...
+    def reconfigure(self, settings: Any, /) -> None: ...
     def shutdown(self) -> object: ...
 
 
@@ -393,7 +393,11 @@ class _Runtime(Generic[SettingsT]):
         if label is not None:
             job.label = label
 
-        if not self._workers_submit(job, self.settings.max_pending):
+        max_pending = self.settings.max_pending
+        if max_pending is not None:  # calls waiting for a function's limit count too
+            max_pending -= self.pending
+
+        if not self._workers_submit(job, max_pending):
             if fn_limiter is not None:
                 fn_limiter.release()
 
@@ -528,7 +532,7 @@ class _Runtime(Generic[SettingsT]):
     def apply(self, explicit: Mapping[str, object]) -> None:
         """Apply changed explicit settings; runs on this loop's thread."""
         self.settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
-        self.workers.resize(self.settings.max_workers, self.settings.idle_timeout)
+        self.workers.reconfigure(self.settings)
 
     async def _guard(self) -> None:
         try:

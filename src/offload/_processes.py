@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from ._exceptions import SerializationError, WorkerCrashed
 from ._job import Job, ProcessCallState
+from ._settings import PoolSettings, ProcessSettings
 from ._threads import ThreadWorkers, _Worker
 
 __all__ = ("KILL_GRACE", "ProcessWorkers", "check_picklable_function", "reference")
@@ -37,6 +38,9 @@ logger = logging.getLogger("offload")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _JOB_NUMBER = struct.Struct("!Q")
+
+# Windows has no SIGKILL; there, terminate is as hard as it gets.
+_SIGKILL: int = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 # Grace between SIGTERM and SIGKILL when a running call is cancelled or a pool closes.
 KILL_GRACE = 1.0
@@ -292,7 +296,7 @@ class _Process:
         """Reap the dead worker and describe how it died."""
         self.process.join(KILL_GRACE)
         if self.process.exitcode is None:  # closed its end of the pipe, yet runs on
-            self.kill(signal.SIGKILL)
+            self.kill(_SIGKILL)
             self.process.join()
 
         code = self.process.exitcode
@@ -335,7 +339,7 @@ class _Process:
             self.process.join(KILL_GRACE)
 
         if self.process.exitcode is None:
-            self.kill(signal.SIGKILL)
+            self.kill(_SIGKILL)
             self.process.join()
 
         self.close()
@@ -381,6 +385,15 @@ class ProcessWorkers(ThreadWorkers):
         self._initargs = initargs
         self._numbers_lock = threading.Lock()
         self._next_number = 0
+
+    def reconfigure(self, settings: PoolSettings) -> None:
+        """Apply new settings: sizes at once, the rest to worker processes that start next."""
+        assert isinstance(settings, ProcessSettings)
+        self._context = multiprocessing.get_context(settings.start_method)
+        self.max_tasks_per_worker = settings.max_tasks_per_worker
+        self._initializer = settings.initializer
+        self._initargs = settings.initargs
+        super().reconfigure(settings)
 
     def _number(self) -> int:
         with self._numbers_lock:
@@ -454,9 +467,13 @@ class ProcessWorkers(ThreadWorkers):
                 if tries < job.retries:
                     tries += 1
                     logger.warning(
-                        "pool %r: %s; retrying it on a fresh worker (%d of %d)",
+                        "pool %r: the worker process (pid %s) running %s() died (exit code "
+                        "%s, signal %s); running it again on a fresh worker (retry %d of %d)",
                         self._pool,
-                        crash,
+                        crash.pid,
+                        job.name,
+                        crash.exitcode,
+                        crash.signal,
                         tries,
                         job.retries,
                     )
@@ -525,4 +542,4 @@ class ProcessWorkers(ThreadWorkers):
 
         with process.lock:
             if process.killed and process.current == job.number and process.alive():
-                process.kill(signal.SIGKILL)
+                process.kill(_SIGKILL)

@@ -83,7 +83,7 @@ class ProcessSettings(PoolSettings):
     """
 
     max_tasks_per_worker: int | None = None
-    start_method: str = "spawn"
+    start_method: str = dataclasses.field(default_factory=default_start_method)
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._job import Job
+from ._settings import PoolSettings
 
 __all__ = ("ThreadWorkers",)
 
@@ -207,11 +208,12 @@ class ThreadWorkers:
     def escalate(self, job: Job) -> None:
         """Nothing to escalate for a thread."""
 
-    def resize(self, max_workers: int, idle_timeout: float) -> None:
+    def reconfigure(self, settings: PoolSettings) -> None:
         """Apply new settings: more threads start on demand; extra ones exit when idle."""
+        max_workers = settings.max_workers
         with self._lock:
             self.max_workers = max_workers
-            self.idle_timeout = idle_timeout
+            self.idle_timeout = settings.idle_timeout
             wake = self._idle[max_workers:] if len(self._threads) > max_workers else []
 
         # Idle threads over the new size wake up, find themselves extra, and exit.
