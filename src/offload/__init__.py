@@ -14,7 +14,11 @@ from ._exceptions import SerializationError as SerializationError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._job import cancelled as cancelled
 from ._monitor import BlockingEvent as BlockingEvent
+from ._monitor import BlockingKind as BlockingKind
 from ._monitor import Monitor as Monitor
+from ._monitor import Report as Report
+from ._monitor import ReportRow as ReportRow
+from ._monitor import SiteShare as SiteShare
 from ._monitor import monitor as monitor
 from ._pools import CallFunction as _CallFunction
 from ._pools import CancelPolicy as CancelPolicy
@@ -42,6 +46,7 @@ call: _CallFunction = thread.call
 
 __all__ = (
     "BlockingEvent",
+    "BlockingKind",
     "CancelPolicy",
     "Monitor",
     "OffloadError",
@@ -53,7 +58,10 @@ __all__ = (
     "ProcessDecorator",
     "ProcessPool",
     "ProcessSettings",
+    "Report",
+    "ReportRow",
     "SerializationError",
+    "SiteShare",
     "ThreadDecorator",
     "ThreadPool",
     "ThreadSettings",

@@ -2,13 +2,12 @@
 
 How it works:
 
-* **Heartbeat.** The watched loop beats every ``interval`` seconds (a tenth of the threshold,
-  within 2 to 50 ms): a timer callback on asyncio and uvloop, a system task on trio. Each beat
-  writes down the time, the loop thread's CPU clock and the frames below the loop's callbacks
-  (the loop's own machinery).
-* **Watchdog.** One thread per monitor sleeps until a beat is overdue by a fifth of the
-  threshold. Then it samples the loop thread's stack (``sys._current_frames()``) and CPU clock
-  every millisecond (or as soon as the GIL lets it) until the loop beats again.
+* **Heartbeat.** The watched loop beats every quarter threshold (asyncio, uvloop: a timer
+  callback) or half threshold (trio: a system task). Each beat writes down the time, the loop
+  thread's CPU clock and the frames below the loop's callbacks (the loop's own machinery).
+* **Watchdog.** One thread per monitor looks every half threshold whether a beat is overdue by
+  a fifth of the threshold. Then it samples the loop thread's stack (``sys._current_frames()``)
+  and CPU clock every millisecond (or as soon as the GIL lets it) until the loop beats again.
 * **Steps.** Samples that share the step's outermost frame (a task's coroutine, a callback)
   belong to one step. A step that ran past the threshold is one `BlockingEvent`, blamed on the
   innermost frame of user code; the time each sample saw is split between the sites it visited.
@@ -89,13 +88,22 @@ _STARVATION_FIX: Final = (
 )
 
 _SAMPLE_INTERVAL: Final = 0.001
+_GIL_FREE_GAP: Final = 0.0025  # half of CPython's default switch interval
 _MAX_EVENTS: Final = 10_000
 _MAX_SPLIT: Final = 8
 _NO_STACK: Final = traceback.StackSummary()
 
 
-def _heartbeat_interval(threshold: float) -> float:
-    return min(max(threshold / 10, 0.002), 0.05)
+def _heartbeat_interval(threshold: float, backend: str) -> float:
+    """How often the loop beats: each beat wakes an idle loop, which costs CPU.
+
+    A wake costs an asyncio loop about half what it costs trio's, so asyncio beats every
+    quarter threshold and trio every half: either way an idle loop spends under 1% of a core
+    on it at the default threshold. A stall is timed to within half an interval (a CPU-bound
+    one closer, see ``_Stall._begin``).
+    """
+    fraction = 2 if backend == "trio" else 4
+    return min(max(threshold / fraction, 0.002), 0.25)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +417,21 @@ def _system_cpu() -> tuple[int, int] | None:
     return total - values[3] - values[4], total
 
 
+def _runnable(native_id: int) -> bool | None:
+    """Whether a thread of this process is running or waiting for a CPU (Linux), or None.
+
+    A thread in a kernel wait (a blocking call, a lock, the GIL) is sleeping instead.
+    """
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+
+    end = data.rfind(b")")
+    return data[end + 2 : end + 3] == b"R" if end > 0 else None
+
+
 # --------------------------------------------------------------------------------------------
 # Watches: the loop side
 # --------------------------------------------------------------------------------------------
@@ -430,6 +453,7 @@ class _Watch:
         "last_beat",
         "last_cpu",
         "name",
+        "native_id",
         "paused",
         "prefix",
         "stopped",
@@ -438,6 +462,7 @@ class _Watch:
 
     def __init__(self, kind: str, interval: float) -> None:
         self.thread_id = threading.get_ident()
+        self.native_id = threading.get_native_id()
         self.clock = _thread_clock(self.thread_id)
         self.name = f"{kind} loop in thread {threading.current_thread().name!r}"
         self.interval = interval
@@ -672,6 +697,10 @@ class _FrameRec:
     lasti: int
 
 
+def _filename(record: _FrameRec) -> str:
+    return record.frame.f_code.co_filename
+
+
 @dataclass(slots=True)
 class _SiteAcc:
     """The time one site took within a segment."""
@@ -680,44 +709,57 @@ class _SiteAcc:
     site: int  # index of the site's frame in ``stack``
     time: float = 0.0
     cpu: float = 0.0
-    moved_low: float = 0.0
+    starved: float = 0.0
+    free_cpu: float = 0.0  # CPU time while the watchdog got the GIL at once: C without the GIL
+    contended: float = 0.0  # off-CPU time of intervals that computed in part
 
     def merge(self, other: _SiteAcc) -> None:
         self.time += other.time
         self.cpu += other.cpu
-        self.moved_low += other.moved_low
+        self.starved += other.starved
+        self.free_cpu += other.free_cpu
+        self.contended += other.contended
 
 
 class _Sample:
-    """What one look at the loop thread's stack found."""
+    """One look at the loop thread: its stack, and where in it the step and the site are.
+
+    The frames' lines and instructions are read at once, before anything that could release
+    the GIL and let the loop thread move on (the first look at a file name stats the file).
+    """
 
     __slots__ = ("frames", "leaf_key", "root", "site", "site_key", "step")
 
     def __init__(self, leaf: types.FrameType | None, prefix: frozenset[types.CodeType]) -> None:
-        places = _get_places()
-        chain: list[types.FrameType] = []
+        chain: list[_FrameRec] = []
         frame = leaf
         while frame is not None:
-            chain.append(frame)
+            chain.append(_FrameRec(frame, frame.f_lineno, frame.f_lasti))
             frame = frame.f_back
 
         # The loop's machinery is the outermost frames, whose code the heartbeat saw below it.
         end = len(chain)
-        while end > 0 and chain[end - 1].f_code in prefix:
+        while end > 0 and chain[end - 1].frame.f_code in prefix:
             end -= 1
 
-        self.frames = chain[end - 1 :: -1] if end else []  # the step: outermost first
-        self.leaf_key = (id(leaf), leaf.f_lasti) if leaf is not None else (0, -1)
-        self.root: types.FrameType | None = self.frames[0] if self.frames else None
+        self.frames = tuple(chain[end - 1 :: -1]) if end else ()  # the step, outermost first
+        # Where the innermost frame is: the same code at the same instruction is the same
+        # place, even in a new frame (a helper called in a loop).
+        self.leaf_key = (id(chain[0].frame.f_code), chain[0].lasti) if chain else (0, -1)
+        self.root: types.FrameType | None = self.frames[0].frame if self.frames else None
         self.site = -1
         self.site_key: tuple[types.CodeType, int | None] | None = None
         self.step = False
+
+    def locate(self) -> None:
+        """Find the site: the innermost frame of user code (may release the GIL)."""
         if not self.frames:
             return
 
+        places = _get_places()
         library = -1
         for index in range(len(self.frames) - 1, -1, -1):
-            place = places(self.frames[index].f_code.co_filename)
+            place = places(self.frames[index].frame.f_code.co_filename)
             if place == _USER:
                 self.site = index
                 break
@@ -734,17 +776,14 @@ class _Sample:
             self.site = library
 
         self.step = True
-        frame = self.frames[self.site]
-        self.site_key = (frame.f_code, frame.f_lineno)
-
-    def snapshot(self) -> tuple[_FrameRec, ...]:
-        return tuple(_FrameRec(f, f.f_lineno, f.f_lasti) for f in self.frames)
+        record = self.frames[self.site]
+        self.site_key = (record.frame.f_code, record.lineno)
 
 
 class _Segment:
     """Consecutive samples in one step (the same outermost frame), or in the loop's own code."""
 
-    __slots__ = ("cpu", "last", "moved_low", "root", "sites", "start", "step", "time")
+    __slots__ = ("cpu", "last", "root", "sites", "start", "starved", "step", "time")
 
     def __init__(self, root: types.FrameType | None, step: bool, start: float) -> None:
         self.root = root
@@ -752,7 +791,7 @@ class _Segment:
         self.start = start
         self.time = 0.0
         self.cpu = 0.0
-        self.moved_low = 0.0
+        self.starved = 0.0
         self.sites: dict[tuple[types.CodeType, int | None], _SiteAcc] = {}
         self.last: _SiteAcc | None = None
 
@@ -761,25 +800,35 @@ class _Segment:
         if sample.site_key is not None:
             acc = self.sites.get(sample.site_key)
             if acc is None:
-                acc = self.sites[sample.site_key] = _SiteAcc(sample.snapshot(), sample.site)
+                acc = self.sites[sample.site_key] = _SiteAcc(sample.frames, sample.site)
 
         self.last = acc
         self.add_time(dt, share, moved)
 
     def add_time(self, dt: float, share: float, moved: bool) -> None:
-        low = dt if moved and share < 0.5 else 0.0
+        # The leaf moved but the thread was not on a CPU all along: it ran Python, slowed
+        # by other threads (the GIL) or processes; that part is neither blocking nor its own CPU.
+        low = (1.0 - share) * dt if moved else 0.0
         self.time += dt
         self.cpu += share * dt
-        self.moved_low += low
+        self.starved += low
         if self.last is not None:
             self.last.time += dt
             self.last.cpu += share * dt
-            self.last.moved_low += low
+            self.last.starved += low
+            if not moved and share >= 0.2:
+                # A kernel wait uses next to no CPU: a stable leaf that computed in part was
+                # computing, and waited for a CPU the rest of the time if others kept them busy.
+                self.last.contended += (1.0 - share) * dt
+            if dt <= _GIL_FREE_GAP:
+                # The watchdog took the GIL again within a switch interval while the loop
+                # thread computed: the computation does not hold the GIL.
+                self.last.free_cpu += share * dt
 
     def merge(self, other: _Segment) -> None:
         self.time += other.time
         self.cpu += other.cpu
-        self.moved_low += other.moved_low
+        self.starved += other.starved
         for key, acc in other.sites.items():
             mine = self.sites.get(key)
             if mine is None:
@@ -791,13 +840,18 @@ class _Segment:
 class _Stall:
     """The watchdog's record of one stretch where the loop did not beat on time."""
 
-    def __init__(self, watch: _Watch, threshold: float, now: float) -> None:
+    def __init__(self, watch: _Watch, threshold: float, beats: int, last_beat: float) -> None:
+        # ``beats`` and ``last_beat`` as the watchdog read them: the loop may beat again
+        # before this runs, which ends the stall at once.
         self.watch = watch
         self.threshold = threshold
-        self.beats = watch.beats
-        self.start = watch.last_beat + watch.interval / 2
-        self.cpu_t = watch.last_beat
-        self.cpu = watch.last_cpu
+        self.beats = beats
+        self.t0 = last_beat
+        self.start = last_beat + watch.interval / 2
+        self.cpu_t = last_beat
+        self.cpu: float | None = watch.last_cpu if watch.beats == beats else None
+        self.held_gap = 4 * sys.getswitchinterval()
+        self.proc = sys.platform == "linux"
         self.attr_t = self.start
         self.prev_leaf: tuple[int, int] | None = None
         self.current: _Segment | None = None
@@ -806,18 +860,37 @@ class _Stall:
         self.detected: float | None = None
         self.hang_logged = False
         self.samples = 0
-        self.wall0 = now
-        self.process0 = time.process_time()
-        self.own0 = time.thread_time()
-        self.system0 = _system_cpu()
-        self.loop0 = watch.read_cpu() if watch.clock is not None else None
+        self.wall0 = 0.0
+        self.process0 = self.own0 = 0.0
+        self.system0: tuple[int, int] | None = None
+        self.loop0: float | None = None
 
-    def sample(self, now: float, leaf: types.FrameType | None) -> _Sample:
-        cpu = self.watch.read_cpu()
-        sample = _Sample(leaf, self.watch.prefix)
+    def sample(self) -> _Sample:
+        """Look at the loop thread now: its clock, its CPU clock and its stack, together."""
+        watch = self.watch
+        now = time.perf_counter()
+        cpu = watch.read_cpu()
+        sample = _Sample(sys._current_frames().get(watch.thread_id), watch.prefix)
+        sample.locate()
+        if self.samples == 0:
+            self._begin(now, cpu)
+
+        gap = now - self.cpu_t
         share = self._share(now, cpu)
-        moved = self.prev_leaf is not None and sample.leaf_key != self.prev_leaf
         dt = max(now - self.attr_t, 0.0)
+        # Python ran on between the two looks (the leaf moved), or the loop thread held the
+        # GIL all along, in C (a blocking call lets go of it): either way it was not blocked.
+        moved = (self.prev_leaf is not None and sample.leaf_key != self.prev_leaf) or (
+            gap > self.held_gap and share >= 0.2
+        )
+        if not moved and share < 0.2 and self.proc:
+            # Off the CPU without moving: a kernel wait, unless the thread is runnable and
+            # only waits for a CPU that other processes keep busy.
+            runnable = _runnable(watch.native_id)
+            if runnable is None:
+                self.proc = False
+            else:
+                moved = runnable
         key = sample.root if sample.step else None
         current = self.current
         if current is None or current.root is not key or current.step != sample.step:
@@ -835,10 +908,33 @@ class _Stall:
 
         return sample
 
+    def _begin(self, now: float, cpu: float | None) -> None:
+        """Estimate when the loop stopped turning, at the first sample."""
+        watch = self.watch
+        self.wall0 = now
+        self.loop0 = cpu if watch.clock is not None else None
+        self.process0 = time.process_time()
+        self.own0 = time.thread_time()
+        self.system0 = _system_cpu()
+        # The loop beat at t0 and would have beaten at t0 + interval had it been free: it
+        # stopped in between, and any computing it did since came after. A step that computed
+        # all along started when its computing did; otherwise take the middle of what is left.
+        t0 = self.t0
+        latest = t0 + watch.interval
+        start = t0 + watch.interval / 2
+        if self.loop0 is not None and cpu is not None and self.cpu is not None:
+            used = max(cpu - self.cpu, 0.0)
+            if used >= 0.9 * (now - latest):
+                start = max(t0, now - used)
+            else:
+                start = (t0 + max(t0, min(latest, now - used))) / 2
+
+        self.start = self.attr_t = self.rest.start = start
+
     def _share(self, now: float, cpu: float | None) -> float:
         span = now - self.cpu_t
         share = 0.0
-        if cpu is not None and span > 0:
+        if cpu is not None and self.cpu is not None and span > 0:
             share = min(max((cpu - self.cpu) / span, 0.0), 1.0)
 
         if cpu is not None:
@@ -873,9 +969,9 @@ class _Stall:
         own = time.thread_time() - self.own0
         loop = 0.0
         if self.loop0 is not None:
-            now = self.watch.read_cpu()
-            if now is not None:
-                loop = now - self.loop0
+            cpu = self.watch.read_cpu()
+            if cpu is not None:
+                loop = cpu - self.loop0
 
         if (process - own - loop) / wall >= 0.5:
             return True
@@ -974,11 +1070,15 @@ def _find_call(source: str) -> ast.Call | None:
     return None
 
 
-def _fix(kind: _SiteKind, record: _FrameRec, user: bool) -> str:
-    """Say how to stop this site from blocking the loop, with offload's API."""
+def _fix(kind: _SiteKind, record: _FrameRec, user: bool, gil_free: bool = False) -> str:
+    """Say how to stop this site from blocking the loop, with offload's API.
+
+    Blocking calls, and computation that lets go of the GIL (hashing, compression, sqlite),
+    go to a thread; computation that holds the GIL goes to a process.
+    """
     code = record.frame.f_code
     pool, decorator = ("offload.call", "@offload.thread")
-    if kind == "cpu":
+    if kind == "cpu" and not gil_free:
         pool, decorator = ("offload.process.call", "@offload.process")
 
     coroutine = bool(code.co_flags & (inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR))
@@ -991,7 +1091,7 @@ def _fix(kind: _SiteKind, record: _FrameRec, user: bool) -> str:
     source = _call_source(record)
     call = _find_call(source) if source else None
     if call is None or isinstance(call.func, ast.Lambda):
-        if kind == "cpu":
+        if kind == "cpu" and not gil_free:
             return (
                 "move this computation into a function decorated with @offload.process "
                 "and await it"
@@ -1067,13 +1167,18 @@ class _Builder:
                         duration=acc.time,
                         share=min(acc.time / duration, 1.0) if duration > 0 else 1.0,
                         kind=site_kind,
-                        fix=_fix(site_kind, record, user),
+                        fix=_fix(site_kind, record, user, acc.free_cpu >= acc.cpu / 2 > 0),
                     )
                 )
                 if acc is main[0]:
-                    summaries = [_summary(r) for r in acc.stack]
+                    # The stack starts at the step's first frame outside the loop's own code.
+                    first = 0
+                    while first < acc.site and places(_filename(acc.stack[first])) == _LOOP:
+                        first += 1
+
+                    summaries = [_summary(r) for r in acc.stack[first:]]
                     stack = traceback.StackSummary.from_list(summaries)
-                    site = summaries[acc.site]
+                    site = summaries[acc.site - first]
                     leaf = summaries[-1]
                     fix = split[-1].fix
 
@@ -1097,13 +1202,14 @@ class _Builder:
         )
 
     def _site_kind(self, acc: _SiteAcc) -> _SiteKind:
-        starved = acc.moved_low if self._others_busy else 0.0
-        busy = acc.cpu + starved
+        # Time where Python ran on (the leaf moved) counts as computing, even when other
+        # threads or processes kept the CPU from it.
+        busy = acc.cpu + acc.starved + (acc.contended if self._others_busy else 0.0)
         return "cpu" if busy >= acc.time - busy else "blocking"
 
     def _step(self, segment: _Segment) -> BlockingEvent:
         duration = segment.time
-        starved = segment.moved_low if self._others_busy else 0.0
+        starved = segment.starved
         if starved >= duration / 2 and duration - starved < self._stall.threshold:
             # A step that would not have blocked alone: other threads kept it from running.
             return self._event(segment, "starvation", fix=_STARVATION_FIX)
@@ -1117,14 +1223,18 @@ class _Builder:
 
     def _rest(self, rest: _Segment) -> BlockingEvent:
         duration = rest.time
-        if rest.cpu >= duration / 2:
+        if rest.cpu >= min(duration / 2, self._stall.threshold):
+            # The loop's own work in this turn, alone, took past the threshold (or most of
+            # the time): too much work per turn, even if others slowed it down further.
             return self._event(rest, "saturation", fix=_SATURATION_FIX)
 
         if not self._others_busy:
             # Nobody else used the CPUs: the loop thread waited, in short blocking steps.
             shares: list[tuple[_SiteAcc, _SiteKind]]
             shares = [(acc, self._site_kind(acc)) for acc in rest.sites.values()]
-            blocked = sum(acc.time - acc.cpu for acc, kind in shares if kind == "blocking")
+            blocked = sum(
+                acc.time - acc.cpu - acc.starved for acc, kind in shares if kind == "blocking"
+            )
             if shares and blocked >= duration / 2:
                 return self._event(rest, "blocking", shares)
 
@@ -1145,8 +1255,13 @@ class _Watchdog:
         self._monitor = monitor
         self._threshold = monitor.threshold
         self._sample_after = monitor.threshold / 5
+        self._check_every = monitor.threshold / 2
+        self._woke = 0.0
         self._hang_after = max(5.0, 10 * monitor.threshold)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # guards _watches and _closing
+        # Released to wake the thread; a bare lock wakes for half the CPU of a Condition.
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self._watches: list[_Watch] = []
         self._stalls: dict[_Watch, _Stall] = {}
         self._closing = False
@@ -1154,24 +1269,27 @@ class _Watchdog:
         self._thread.start()
 
     def add(self, watch: _Watch) -> None:
-        with self._cond:
+        with self._lock:
             self._watches.append(watch)
-            self._cond.notify()
+
+        self.wake()
 
     def watches(self) -> list[_Watch]:
-        with self._cond:
+        with self._lock:
             return list(self._watches)
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
+        try:
+            self._signal.release()
+        except RuntimeError:  # already released: the thread wakes anyway
+            pass
 
     def close(self) -> None:
         """Finish every stall in progress, then stop the thread and wait for it."""
-        with self._cond:
+        with self._lock:
             self._closing = True
-            self._cond.notify()
 
+        self.wake()
         if self._thread is not threading.current_thread():
             self._thread.join()
 
@@ -1184,7 +1302,7 @@ class _Watchdog:
 
     def _timeout(self, now: float) -> float | None:
         timeout: float | None = None
-        for watch in self._watches:
+        for watch in self.watches():
             if watch in self._stalls:
                 wait = _SAMPLE_INTERVAL
             elif watch.beats == 0:
@@ -1192,7 +1310,15 @@ class _Watchdog:
             elif not watch.running():
                 wait = _PAUSED_POLL
             else:
-                wait = watch.last_beat + watch.interval + self._sample_after - now
+                # Look again when the next beat is overdue, but not more often than every
+                # half threshold while the loop is well: each wake costs CPU.
+                wait = (
+                    max(
+                        watch.last_beat + watch.interval + self._sample_after,
+                        self._woke + self._check_every,
+                    )
+                    - now
+                )
 
             if timeout is None or wait < timeout:
                 timeout = wait
@@ -1200,18 +1326,19 @@ class _Watchdog:
         return timeout
 
     def _step(self) -> bool:
-        with self._cond:
-            if not self._closing:
-                timeout = self._timeout(time.perf_counter())
-                if timeout is None or timeout > 0:
-                    self._cond.wait(timeout)
+        if not self._closing:
+            timeout = self._timeout(time.perf_counter())
+            if timeout is None:
+                self._signal.acquire()
+            elif timeout > 0:
+                self._signal.acquire(timeout=timeout)
 
+        self._woke = time.perf_counter()
+        with self._lock:
             closing = self._closing
             self._watches = [w for w in self._watches if w in self._stalls or not w.gone()]
             watches = list(self._watches)
 
-        now = time.perf_counter()
-        frames: dict[int, types.FrameType] | None = None
         for watch in watches:
             stall = self._stalls.get(watch)
             beats = watch.beats
@@ -1219,27 +1346,23 @@ class _Watchdog:
                 if beats != stall.beats:
                     self._finish(stall, watch.last_beat, watch.last_cpu)
                 elif closing or not watch.running():
-                    self._finish(stall, now, watch.read_cpu())
+                    self._finish(stall, time.perf_counter(), watch.read_cpu())
                 else:
-                    if frames is None:
-                        frames = sys._current_frames()
-
-                    sample = stall.sample(now, frames.get(watch.thread_id))
-                    if not stall.hang_logged and now - stall.start >= self._hang_after:
+                    sample = stall.sample()
+                    if not stall.hang_logged and stall.attr_t - stall.start >= self._hang_after:
                         stall.hang_logged = True
                         self._log_hang(stall, sample)
 
                 continue
 
+            last_beat = watch.last_beat
             if closing or beats == 0 or not watch.running():
                 continue
 
-            if now - watch.last_beat - watch.interval > self._sample_after:
-                if frames is None:
-                    frames = sys._current_frames()
-
-                stall = self._stalls[watch] = _Stall(watch, self._threshold, now)
-                stall.sample(now, frames.get(watch.thread_id))
+            if time.perf_counter() - last_beat - watch.interval > self._sample_after:
+                stall = _Stall(watch, self._threshold, beats, last_beat)
+                self._stalls[watch] = stall
+                stall.sample()
 
         return not closing
 
@@ -1258,8 +1381,7 @@ class _Watchdog:
 
         where = ""
         if sample.step and sample.site >= 0:
-            record = sample.snapshot()
-            summaries = [_summary(r) for r in record]
+            summaries = [_summary(record) for record in sample.frames]
             site = summaries[sample.site]
             where = (
                 f" at {_where(site)}\n    {_code_text(site)}\nStack (most recent call last):\n"
@@ -1508,8 +1630,9 @@ class Monitor:
     Raises:
         ValueError: ``threshold`` is not positive.
 
-    The watching costs a timer every ``threshold / 10`` seconds (2 ms at least) on the loop,
-    and one thread per monitor that wakes a few dozen times a second while the loop is well.
+    **Cost**: a timer every quarter threshold on the loop (half on trio), and one thread per
+    monitor that wakes every half threshold while the loop is well: under 1% of a core for an
+    idle loop at the default threshold, and no measurable loss of throughput.
     """
 
     def __init__(self, threshold: float = 0.1, *, log: bool = True) -> None:
@@ -1518,7 +1641,6 @@ class Monitor:
 
         self._threshold = float(threshold)
         self._log = log
-        self._interval = _heartbeat_interval(self._threshold)
         self._lock = threading.Lock()
         self._events: deque[BlockingEvent] = deque(maxlen=_MAX_EVENTS)
         self._count = 0
@@ -1694,14 +1816,14 @@ class Monitor:
     def _attach_asyncio(
         self, loop: asyncio.AbstractEventLoop, below: types.FrameType | None, known: bool
     ) -> _AsyncioWatch:
-        watch = _AsyncioWatch(loop, self._interval)
+        watch = _AsyncioWatch(loop, _heartbeat_interval(self._threshold, "asyncio"))
         watch.start(below, known)
         assert self._watchdog is not None
         self._watchdog.add(watch)
         return watch
 
     def _attach_trio(self, below: types.FrameType | None, known: bool) -> _TrioWatch:
-        watch = _TrioWatch(self._interval)
+        watch = _TrioWatch(_heartbeat_interval(self._threshold, "trio"))
         watch.start(below, known)
         assert self._watchdog is not None
         self._watchdog.add(watch)

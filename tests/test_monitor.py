@@ -1,0 +1,489 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+
+import anyio
+import anyio.lowlevel
+import pytest
+import trio
+import uvloop
+
+import offload
+from offload._monitor import Report, ReportRow, SiteShare
+
+THRESHOLD = 0.1
+BLOCK = 0.3
+
+
+def next_line() -> int:
+    """Return the number of the caller's next line."""
+    return sys._getframe(1).f_lineno + 1
+
+
+def spin(seconds: float) -> None:
+    """Compute in Python for ``seconds``."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def recv_for(sock: socket.socket, seconds: float) -> bytes:
+    """Wait in ``recv`` for ``seconds``: nothing ever arrives."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1)
+    except TimeoutError:
+        return b""
+
+
+@pytest.fixture
+def sockets() -> Iterator[socket.socket]:
+    left, right = socket.socketpair()
+    with left, right:
+        yield left
+
+
+def only_event(monitor: offload.Monitor) -> offload.BlockingEvent:
+    """Return the one event the test caused (ignoring hiccups of a busy machine)."""
+    events = [event for event in monitor.events if event.duration >= BLOCK / 3]
+    assert len(events) == 1, [str(event) for event in monitor.events]
+    return events[0]
+
+
+def long_events(monitor: offload.Monitor) -> list[offload.BlockingEvent]:
+    """Return the events that last as long as the test's blocks."""
+    return [event for event in monitor.events if event.duration >= BLOCK / 3]
+
+
+class TestBlockingCall:
+    async def test_blamed_on_its_line(self) -> None:
+        """A blocking call in a step is one event, of kind blocking, at that line."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            line = next_line()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        event = only_event(monitor)
+        assert event.kind == "blocking"
+        assert event.site is not None
+        assert (event.site.filename, event.site.lineno) == (__file__, line)
+        assert event.site.name == "test_blamed_on_its_line"
+        assert event.fix == "await offload.call(time.sleep, BLOCK)"
+        assert event.cpu is not None
+        assert event.cpu < 0.5
+
+    async def test_duration_is_the_block(self) -> None:
+        """The reported duration is the time the call blocked, not a multiple of a period."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        event = only_event(monitor)
+        assert BLOCK - 0.05 <= event.duration <= BLOCK + 0.5
+        assert THRESHOLD <= event.detected_after <= event.duration
+
+    async def test_site_is_the_innermost_user_frame(self, sockets: socket.socket) -> None:
+        """Through a helper, the site is the helper's line and the stack leads to it."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            caller = next_line()
+            recv_for(sockets, BLOCK)
+
+        event = only_event(monitor)
+        assert event.kind == "blocking"
+        assert event.site is not None
+        assert event.site.name == "recv_for"
+        assert event.site.line == "return sock.recv(1)"
+        assert [(frame.name, frame.lineno) for frame in event.stack][-2:] == [
+            ("test_site_is_the_innermost_user_frame", caller),
+            ("recv_for", event.site.lineno),
+        ]
+        assert event.fix == "decorate recv_for() with @offload.thread and await it"
+
+    async def test_standard_library_frames_are_not_the_site(self) -> None:
+        """A wait inside the standard library is blamed on the user line that called it."""
+        waiting: queue.Queue[None] = queue.Queue()
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            line = next_line()
+            with pytest.raises(queue.Empty):
+                waiting.get(timeout=BLOCK)
+
+        event = only_event(monitor)
+        assert event.site is not None
+        assert (event.site.filename, event.site.lineno) == (__file__, line + 1)
+        assert event.leaf is not None
+        assert os.path.basename(event.leaf.filename) == "threading.py"
+        assert event.stack[-1] == event.leaf
+
+    async def test_offloaded_call_does_not_block(self) -> None:
+        """The same call through offload.call leaves the loop turning: no event."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await offload.call(time.sleep, BLOCK)
+
+        assert long_events(monitor) == []
+
+    async def test_idle_loop_has_no_event(self) -> None:
+        """A loop that waits without blocking records nothing."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.sleep(2 * BLOCK)
+
+        assert long_events(monitor) == []
+
+
+class TestCpuBound:
+    async def test_python_computation(self) -> None:
+        """Computing in Python on the loop is kind cpu, with offload.process as the fix."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            spin(BLOCK)
+
+        event = only_event(monitor)
+        assert event.kind == "cpu"
+        assert event.site is not None
+        assert event.site.name == "spin"
+        assert event.site.line == "while time.perf_counter() < deadline:"
+        assert event.fix == "decorate spin() with @offload.process and await it"
+
+    async def test_c_call_holding_the_gil(self) -> None:
+        """A C call that holds the GIL is seen when it returns, and blamed on its line."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            line = next_line()
+            sum(range(30_000_000))
+
+        event = only_event(monitor)
+        assert event.kind == "cpu"
+        assert event.site is not None
+        assert (event.site.filename, event.site.lineno) == (__file__, line)
+        assert event.fix == "await offload.process.call(sum, range(30000000))"
+
+
+class TestMixedStep:
+    async def test_time_splits_between_sites(self, sockets: socket.socket) -> None:
+        """One step that blocks at three sites is one event split between them, in order."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            first = next_line()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+            spin(BLOCK)
+            recv_for(sockets, BLOCK)
+
+        event = only_event(monitor)
+        assert [(share.site.name, share.kind) for share in event.split] == [
+            ("test_time_splits_between_sites", "blocking"),
+            ("spin", "cpu"),
+            ("recv_for", "blocking"),
+        ]
+        assert event.split[0].site.lineno == first
+        for share in event.split:
+            assert 0.2 < share.share < 0.5
+
+        assert event.kind == "blocking"
+        assert sum(share.duration for share in event.split) == pytest.approx(
+            event.duration, abs=0.05
+        )
+
+
+async def short_steps(until: float) -> None:
+    while time.perf_counter() < until:
+        spin(0.002)
+        await anyio.lowlevel.checkpoint()
+
+
+def hog(stop: threading.Event) -> None:
+    while not stop.is_set():
+        pass
+
+
+class TestNoLineToBlame:
+    async def test_saturation(self) -> None:
+        """Many tasks of short steps make saturation, with no site, stack or split."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            until = time.perf_counter() + 2 * BLOCK
+            async with anyio.create_task_group() as tasks:
+                for _ in range(100):
+                    tasks.start_soon(short_steps, until)
+
+        events = monitor.events
+        assert events
+        for event in events:
+            assert event.kind == "saturation", str(event)
+            assert (event.site, event.leaf, event.split) == (None, None, ())
+            assert not event.stack
+            assert "CapacityLimiter" in event.fix
+
+    async def test_starvation(self) -> None:
+        """Threads that hog the GIL starve the loop: starvation, with no site."""
+        stop = threading.Event()
+        threads = [threading.Thread(target=hog, args=(stop,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+
+        try:
+            with offload.monitor(0.05, log=False) as monitor:
+                until = time.perf_counter() + 3 * BLOCK
+                while time.perf_counter() < until:
+                    await anyio.sleep(0.005)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+        events = monitor.events
+        assert any(event.kind == "starvation" for event in events)
+        for event in events:
+            if event.kind == "starvation":
+                assert (event.site, event.split) == (None, ())
+                assert "@offload.process" in event.fix
+
+
+class TestContextManager:
+    async def test_async_with(self) -> None:
+        """``async with`` watches the running loop as ``with`` does."""
+        async with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        assert [event.kind for event in long_events(monitor)] == ["blocking"]
+
+    async def test_blocked_exit_ends_the_event(self) -> None:
+        """A block that lasts until the with block ends is recorded when it ends."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        assert [event.kind for event in long_events(monitor)] == ["blocking"]
+
+    async def test_enter_twice(self) -> None:
+        """A monitor already watching refuses to be entered again."""
+        watcher = offload.monitor(THRESHOLD, log=False)
+        with watcher, pytest.raises(RuntimeError, match="already watching"):
+            watcher.__enter__()
+
+    async def test_uninstall_in_with_block(self) -> None:
+        """``uninstall()`` is for installed monitors, not ``with`` blocks."""
+        with (
+            offload.monitor(THRESHOLD, log=False) as watcher,
+            pytest.raises(RuntimeError, match="stops when the block ends"),
+        ):
+            watcher.uninstall()
+
+    async def test_reuse(self) -> None:
+        """A monitor can watch again after its block ends, and keeps its events."""
+        watcher = offload.monitor(THRESHOLD, log=False)
+        for _ in range(2):
+            with watcher:
+                await anyio.lowlevel.checkpoint()
+                time.sleep(BLOCK)  # noqa: ASYNC251
+
+        assert len(long_events(watcher)) == 2
+
+    def test_threshold_must_be_positive(self) -> None:
+        """A threshold of zero or less is refused."""
+        with pytest.raises(ValueError, match="positive"):
+            offload.monitor(0)
+
+
+async def blocking_main() -> None:
+    await asyncio.sleep(0.01)
+    time.sleep(BLOCK)  # noqa: ASYNC251
+    await asyncio.sleep(0.01)
+
+
+async def trio_main() -> None:
+    await trio.sleep(0.01)
+    time.sleep(BLOCK)  # noqa: ASYNC251
+    await trio.sleep(0.01)
+
+
+BLOCKING_LINE = blocking_main.__code__.co_firstlineno + 2
+TRIO_LINE = trio_main.__code__.co_firstlineno + 2
+
+
+class TestInstall:
+    def test_watches_every_loop_that_runs(self) -> None:
+        """An installed monitor watches asyncio, uvloop, trio and loops in other threads."""
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        try:
+            asyncio.run(blocking_main())
+            uvloop.run(blocking_main())
+            trio.run(trio_main)
+            thread = threading.Thread(target=asyncio.run, args=(blocking_main(),))
+            thread.start()
+            thread.join()
+        finally:
+            watcher.uninstall()
+
+        events = long_events(watcher)
+        assert [(event.kind, event.site and event.site.lineno) for event in events] == [
+            ("blocking", BLOCKING_LINE),
+            ("blocking", BLOCKING_LINE),
+            ("blocking", TRIO_LINE),
+            ("blocking", BLOCKING_LINE),
+        ]
+        assert [event.loop.split()[0] for event in events] == [
+            "asyncio",
+            "uvloop",
+            "trio",
+            "asyncio",
+        ]
+
+    def test_stopped_loop_is_not_blocked(self) -> None:
+        """Time between two runs of one loop is not a stall."""
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(asyncio.sleep(0.01))
+            time.sleep(BLOCK)
+            loop.run_until_complete(asyncio.sleep(0.01))
+        finally:
+            loop.close()
+            watcher.uninstall()
+
+        assert long_events(watcher) == []
+
+    def test_uninstall_restores_and_stops(self) -> None:
+        """After ``uninstall()`` the hooks are gone and new loops are not watched."""
+        set_hooks, trio_run = sys.set_asyncgen_hooks, trio.run
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        assert (sys.set_asyncgen_hooks, trio.run) != (set_hooks, trio_run)
+        watcher.uninstall()
+        watcher.uninstall()
+        assert (sys.set_asyncgen_hooks, trio.run) == (set_hooks, trio_run)
+        asyncio.run(blocking_main())
+        assert long_events(watcher) == []
+
+    def test_with_outside_a_loop(self) -> None:
+        """``with`` outside any loop watches the loops that run inside the block."""
+        with offload.monitor(THRESHOLD, log=False) as watcher:
+            asyncio.run(blocking_main())
+
+        asyncio.run(blocking_main())
+        assert [event.kind for event in long_events(watcher)] == ["blocking"]
+
+    async def test_install_inside_a_loop(self) -> None:
+        """Installed inside a running loop, the monitor watches that loop at once."""
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        try:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+            await anyio.lowlevel.checkpoint()
+        finally:
+            watcher.uninstall()
+
+        assert [event.kind for event in long_events(watcher)] == ["blocking"]
+
+
+class TestLogging:
+    async def test_each_event_is_a_warning(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Each event is a warning on the offload logger, with its site and stack."""
+        caplog.set_level(logging.WARNING, logger="offload")
+        with offload.monitor(THRESHOLD) as monitor:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        event = only_event(monitor)
+        records = [record for record in caplog.records if record.name == "offload"]
+        assert {record.levelno for record in records} == {logging.WARNING}
+        assert len(records) == len(monitor.events)
+        message = records[monitor.events.index(event)].getMessage()
+        assert message == str(event)
+        assert f"test_monitor.py:{event.site and event.site.lineno}" in message
+        assert "Stack (most recent call last):" in message
+
+    async def test_log_false(self, caplog: pytest.LogCaptureFixture) -> None:
+        """``log=False`` keeps the events and logs nothing."""
+        caplog.set_level(logging.WARNING, logger="offload")
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        assert len(long_events(monitor)) == 1
+        assert not [record for record in caplog.records if record.name == "offload"]
+
+
+def block_twice() -> None:
+    time.sleep(BLOCK / 2)
+
+
+class TestReport:
+    async def test_aggregates_by_site(self) -> None:
+        """The report has one row per site: count, total, max, kind and fix."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            for _ in range(2):
+                await anyio.sleep(THRESHOLD)
+                block_twice()
+
+            await anyio.sleep(THRESHOLD)
+            spin(BLOCK)
+
+        events = long_events(monitor)
+        assert len(events) == 3
+        report = monitor.report()
+        assert isinstance(report, Report)
+        assert report.events == len(monitor.events)
+        rows = {row.site.name: row for row in report.rows if row.site is not None}
+        assert {name: (row.count, row.kind) for name, row in rows.items()} == {
+            "spin": (1, "cpu"),
+            "block_twice": (2, "blocking"),
+        }
+        row = rows["block_twice"]
+        assert isinstance(row, ReportRow)
+        assert row.total == pytest.approx(sum(e.duration for e in events[:2]), abs=0.01)
+        assert row.max == pytest.approx(max(e.duration for e in events[:2]), abs=0.01)
+        assert row.fix == "decorate block_twice() with @offload.thread and await it"
+        text = str(report)
+        assert "test_monitor.py" in text
+        assert "time.sleep(BLOCK / 2)" in text
+        assert "fix: decorate block_twice() with @offload.thread and await it" in text
+
+    def test_empty_report(self) -> None:
+        """With no events the report says so."""
+        report = offload.monitor(THRESHOLD).report()
+        assert report.rows == ()
+        assert str(report) == "offload.monitor: the event loop never blocked past 0.1 s."
+
+
+class TestRecords:
+    def test_frozen_slotted_keyword_only(self) -> None:
+        """The records are frozen, slotted and keyword-only dataclasses."""
+        site = traceback.FrameSummary("app.py", 1, "main", line="x()")
+        share = SiteShare(site=site, duration=1.0, share=1.0, kind="blocking", fix="")
+        event = offload.BlockingEvent(
+            duration=1.0,
+            kind="blocking",
+            site=site,
+            leaf=site,
+            stack=traceback.StackSummary.from_list([site]),
+            split=(share,),
+            fix="await offload.call(x)",
+            threshold=0.1,
+            detected_after=0.1,
+            cpu=0.0,
+            loop="asyncio loop in thread 'MainThread'",
+            started=0.0,
+        )
+        for record in (
+            share,
+            event,
+            ReportRow(kind="cpu", site=None, count=1, total=1.0, max=1.0, fix=""),
+        ):
+            assert dataclasses.fields(record)
+            assert not hasattr(record, "__dict__")
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                record.fix = "other"  # type: ignore[misc]
+
+        with pytest.raises(TypeError):
+            SiteShare(site, 1.0, 1.0, "cpu", "")  # type: ignore[call-arg]
+
+        assert "app.py:1 in main" in str(event)
