@@ -216,12 +216,18 @@ class TestNoLineToBlame:
                     tasks.start_soon(short_steps, until)
 
         events = monitor.events
-        assert events
-        for event in events:
-            assert event.kind == "saturation", str(event)
+        saturated = [event for event in events if event.kind == "saturation"]
+        assert saturated, [str(event) for event in events]
+        for event in saturated:
             assert (event.site, event.leaf, event.split) == (None, None, ())
             assert not event.stack
             assert "CapacityLimiter" in event.fix
+
+        # Telling one long step from many short ones is a judgement from samples: on a
+        # loaded machine a stretch can be misread, but most of the stall must be seen as
+        # what it is.
+        total = sum(event.duration for event in events)
+        assert sum(event.duration for event in saturated) >= 0.5 * total
 
     async def test_starvation(self) -> None:
         """Threads that hog the GIL starve the loop: starvation, with no site."""
