@@ -37,9 +37,8 @@ class Waiter(Protocol):
 class Loop:
     """A handle on one running event loop: its identity, waiters and thread-safe calls."""
 
-    __slots__ = ("backend", "call_soon_threadsafe", "key", "new_waiter")
+    __slots__ = ("call_soon_threadsafe", "key", "new_waiter")
 
-    backend: str
     key: object
     new_waiter: Callable[[], Waiter]
     call_soon_threadsafe: Callable[[Callable[[], object]], object]
@@ -64,7 +63,6 @@ class _AsyncioLoop(Loop):
     __slots__ = ("_loop", "_tasks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.backend = "asyncio"
         self.key = loop
         self._loop = loop
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,7 +149,6 @@ class _TrioLoop(Loop):
     __slots__ = ()
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self.backend = "trio"
         self.key = token
         self.new_waiter = _TrioWaiter
         self.call_soon_threadsafe = token.run_sync_soon

@@ -1,4 +1,6 @@
-"""Policy: a first-come, first-served capacity limiter owned by one event loop.
+"""Policy: a function's ``limit``, a first-come, first-served limiter owned by one event loop.
+
+(The pool's own capacity is its worker count, in the mechanism; see ``_threads.py``.)
 
 A slot is taken by the caller's task and given back by the loop when the *worker* is done
 with the call, not when the caller stops waiting: a thread whose awaiter was cancelled still
@@ -28,11 +30,6 @@ class Limiter:
         self.borrowed = 0
         self._new_waiter = new_waiter
         self._waiters: deque[Waiter] = deque()
-
-    @property
-    def waiting(self) -> int:
-        """How many tasks wait for a slot."""
-        return len(self._waiters)
 
     def free(self) -> bool:
         """Return whether a slot can be taken now without jumping the queue."""
@@ -79,13 +76,6 @@ class Limiter:
                 return
 
         self.borrowed -= 1
-
-    def resize(self, total: int) -> None:
-        """Set a new ``total``; waiters that now fit are served at once."""
-        self.total = total
-        while self.borrowed < self.total and self._waiters:
-            self.borrowed += 1
-            self.release()
 
     def close_waiters(self) -> None:
         """Turn every waiter away: its :meth:`acquire` raises (the pool is closing)."""

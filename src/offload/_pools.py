@@ -291,7 +291,7 @@ class _Runtime(Generic[SettingsT]):
             job.fn_limiter.release()
 
         started = job.started
-        if started:  # inline _Timing.add (this runs once per call, on the loop thread)
+        if started:  # the call's wait and run times (inline: once per call, on the loop)
             timing = self.counters.wait_time
             seconds = started - job.queued
             timing.count += 1

@@ -72,13 +72,6 @@ class _Timing:
         self.max = 0.0
         self.recent: deque[float] = deque(maxlen=_SAMPLES)
 
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        self.max = max(self.max, seconds)
-
-        self.recent.append(seconds)
-
     def merge(self, other: _Timing) -> None:
         self.count += other.count
         self.total += other.total
