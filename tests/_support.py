@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import pytest
 
 import offload
 
@@ -97,6 +98,23 @@ class Gate:
 
     def open(self) -> None:
         self._open.set()
+
+
+async def until(predicate: Callable[[], bool], what: str = "a condition") -> None:
+    """Yield to the loop until ``predicate()`` holds (a condition, not a duration)."""
+    with anyio.fail_after(WAIT):
+        while not predicate():
+            await anyio.sleep(0.001)
+
+    assert predicate(), what
+
+
+# For tests that start their own runs (anyio.run) instead of taking the anyio_backend fixture.
+RUNS = [
+    pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    pytest.param(("trio", dict[str, Any]()), id="trio"),
+]
 
 
 def spin_until(predicate: Callable[[], bool], what: str) -> None:

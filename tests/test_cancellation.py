@@ -10,14 +10,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, Signal, new_pool
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to the loop until ``predicate()`` holds (a condition, not a duration)."""
-    with anyio.fail_after(WAIT):
-        while not predicate():
-            await anyio.sleep(0.001)
+from _support import WAIT, Gate, Signal, new_pool, until
 
 
 class TestPending:

@@ -8,16 +8,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until ``predicate()`` holds (a condition, not a duration)."""
-    with anyio.fail_after(WAIT):
-        while not predicate():
-            await anyio.sleep(0.001)
-
-    assert predicate(), what
+from _support import Gate, new_pool, until
 
 
 def pending_is(pool: offload.ThreadPool, n: int) -> Callable[[], bool]:

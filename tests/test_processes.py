@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import WAIT, spin_until
+from _support import RUNS, WAIT, spin_until
 
 # A process pool per test module and backend would be faster, but every test must prove it
 # leaves no process behind, so each test uses its own pool: start-up is forkserver-cheap.
@@ -740,14 +740,7 @@ def process_scenario(
     assert (stats.busy, stats.pending, stats.abandoned) == (0, 0, 0)
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", dict[str, Any]()), id="trio"),
-    ],
-)
+@pytest.mark.parametrize("backend", RUNS)
 @settings(
     max_examples=10,
     deadline=None,

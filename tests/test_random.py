@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import WAIT, new_pool
+from _support import RUNS, WAIT, new_pool
 
 KINDS = ("ok", "raise", "block", "cancel", "timeout")
 
@@ -172,14 +172,7 @@ def scenario(
 calls = st.lists(st.tuples(st.sampled_from(KINDS), st.booleans()), min_size=1, max_size=16)
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", dict[str, Any]()), id="trio"),
-    ],
-)
+@pytest.mark.parametrize("backend", RUNS)
 @settings(
     max_examples=60,
     deadline=None,
