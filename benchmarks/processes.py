@@ -62,7 +62,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +69,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
+from _common import load_average, offload_source, run_asyncio, versions
+
 import offload
+
+# Whose versions the report names.
+DISTRIBUTIONS = ("offload", "anyio", "trio", "loky", "pebble", "aiomultiprocess")
 
 T = TypeVar("T")
 
@@ -165,15 +169,6 @@ ASYNC_VERSIONS: dict[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]
 # -- event loops -------------------------------------------------------------------------------
 
 
-def _run_asyncio(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``asyncio.run(main())`` in a fresh loop (the loop policy is never touched)."""
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner() as runner:
-            return runner.run(main())
-
-    return asyncio.run(main())
-
-
 def run(family: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main()`` in a new event loop of ``family`` ("asyncio" or "trio")."""
     if family == "trio":
@@ -181,7 +176,7 @@ def run(family: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
         return trio.run(main)
 
-    return _run_asyncio(main)
+    return run_asyncio(main)
 
 
 async def gather(family: str, jobs: Sequence[Job]) -> None:
@@ -1053,46 +1048,6 @@ def calibrate(seconds: float) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def _versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for dist in ("offload", "anyio", "trio", "loky", "pebble", "aiomultiprocess"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-
-    return versions
-
-
-def _offload_source() -> str:
-    """Where the offload under test comes from, and its git commit when it is a checkout."""
-    where = os.path.dirname(os.path.abspath(offload.__file__))
-    try:
-        # Read-only: --no-optional-locks keeps git status from rewriting the index.
-        git = ["git", "--no-optional-locks", "-C", where]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return where
-
-    if head.returncode != 0:
-        return where
-
-    changes = ", with uncommitted changes" if dirty.stdout.strip() else ""
-    return f"{where} (git {head.stdout.strip()}{changes})"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):  # not on Windows
-        return "unknown"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark offload's process pool against its peers (interleaved rounds, "
@@ -1139,9 +1094,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, {WORKERS} worker processes for everyone, "
         f"{rounds} rounds{' (quick)' if quick else ''}"
     )
-    source = _offload_source()
-    load_start = _load()
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
+    source = offload_source()
+    load_start = load_average()
+    print(
+        "versions: "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in versions(
+                ("offload", "anyio", "trio", "loky", "pebble", "aiomultiprocess")
+            ).items()
+        )
+    )
     print(f"offload under test: {source}; load average at the start: {load_start}")
     cpu_seconds = 0.2 if quick else 0.5
     spin_n, spin_time = calibrate(cpu_seconds)
@@ -1262,7 +1225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     total = time.perf_counter() - began
-    load_end = _load()
+    load_end = load_average()
     print(f"total time {total:.0f} s; load average at the end: {load_end}")
 
     if args.json:
@@ -1274,7 +1237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 "workers": WORKERS,
                 "start_method": START_METHOD,
-                "versions": _versions(),
+                "versions": versions(
+                    ("offload", "anyio", "trio", "loky", "pebble", "aiomultiprocess")
+                ),
                 "offload_source": source,
                 "load_average": {"start": load_start, "end": load_end},
                 "rounds": rounds,

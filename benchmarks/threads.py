@@ -43,7 +43,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,7 +50,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from _common import load_average, offload_source, run_asyncio, versions
+
 import offload
+
+# Whose versions the report names.
+DISTRIBUTIONS = ("offload", "anyio", "trio", "uvloop", "asyncer", "starlette", "asgiref")
 
 T = TypeVar("T")
 
@@ -98,43 +102,15 @@ BACKENDS = (
 )
 
 
-def _run_asyncio(
-    main: Callable[[], Coroutine[Any, Any, T]],
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
-) -> T:
-    """``asyncio.run(main())`` with a loop factory, on Python 3.10 too."""
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(main())
-
-    # Python 3.10: what asyncio.run does, with our loop.
-    loop = asyncio.new_event_loop() if loop_factory is None else loop_factory()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main())
-    finally:
-        try:
-            tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-            for task in tasks:
-                task.cancel()
-
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
 def run(backend: Backend, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main()`` in a new event loop of ``backend`` and return its result."""
     if backend.key == "asyncio":
-        return _run_asyncio(main, None)
+        return run_asyncio(main)
 
     if backend.key == "uvloop":
         import uvloop
 
-        return _run_asyncio(main, uvloop.new_event_loop)
+        return run_asyncio(main, uvloop.new_event_loop)
 
     import trio
 
@@ -731,46 +707,6 @@ def summary(
 # -- main --------------------------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for dist in ("offload", "anyio", "trio", "uvloop", "asyncer", "starlette", "asgiref"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-
-    return versions
-
-
-def _offload_source() -> str:
-    """Where the offload under test comes from, and its git commit when it is a checkout."""
-    where = os.path.dirname(os.path.abspath(offload.__file__))
-    try:
-        # Read-only: --no-optional-locks keeps git status from rewriting the index.
-        git = ["git", "--no-optional-locks", "-C", where]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return where
-
-    if head.returncode != 0:
-        return where
-
-    changes = ", with uncommitted changes" if dirty.stdout.strip() else ""
-    return f"{where} (git {head.stdout.strip()}{changes})"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):  # not on Windows
-        return "unknown"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark offload's thread offloading against its peers (interleaved "
@@ -836,9 +772,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, switch interval {sys.getswitchinterval() * 1e3:g} ms, "
         f"{rounds} rounds{' (quick)' if quick else ''}"
     )
-    source = _offload_source()
-    load_start = _load()
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
+    source = offload_source()
+    load_start = load_average()
+    print(
+        "versions: "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in versions(
+                ("offload", "anyio", "trio", "uvloop", "asyncer", "starlette", "asgiref")
+            ).items()
+        )
+    )
     print(f"offload under test: {source}; load average at the start: {load_start}")
     print(
         "method: one event loop per measurement (fresh asyncio.Runner or trio.run), "
@@ -904,7 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     total = time.perf_counter() - began
-    load_end = _load()
+    load_end = load_average()
     print(f"total time {total:.0f} s; load average at the end: {load_end}")
 
     if args.json:
@@ -915,7 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),
                 "switch_interval_s": sys.getswitchinterval(),
-                "versions": _versions(),
+                "versions": versions(
+                    ("offload", "anyio", "trio", "uvloop", "asyncer", "starlette", "asgiref")
+                ),
                 "offload_source": source,
                 "load_average": {"start": load_start, "end": load_end},
                 "rounds": rounds,
