@@ -109,6 +109,12 @@ async def until(predicate: Callable[[], bool], what: str = "a condition") -> Non
     assert predicate(), what
 
 
+async def cancel_when(predicate: Callable[[], bool], scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once ``predicate()`` holds."""
+    await until(predicate)
+    scope.cancel()
+
+
 # For tests that start their own runs (anyio.run) instead of taking the anyio_backend fixture.
 RUNS = [
     pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),

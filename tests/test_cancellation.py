@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 
 import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, Signal, new_pool, until
+from _support import WAIT, Gate, Signal, cancel_when, new_pool, until
 
 
 class TestPending:
@@ -23,7 +22,7 @@ class TestPending:
             tg.start_soon(gate.call, pool, "blocker")
             await gate.entered(1)
             with anyio.CancelScope() as scope:
-                tg.start_soon(_cancel_when, lambda: pool.stats().pending == 1, scope)
+                tg.start_soon(cancel_when, lambda: pool.stats().pending == 1, scope)
                 await pool.call(ran.append, "pending")
 
             assert scope.cancelled_caught
@@ -50,7 +49,7 @@ class TestPending:
             tg.start_soon(limited, "first")
             await gate.entered(1)
             with anyio.CancelScope() as scope:
-                tg.start_soon(_cancel_when, lambda: pool.stats().pending == 1, scope)
+                tg.start_soon(cancel_when, lambda: pool.stats().pending == 1, scope)
                 await limited("cancelled")
 
             gate.open()
@@ -58,11 +57,6 @@ class TestPending:
         gate.open()
         await limited("after")
         assert ran == ["first", "after"]
-
-
-async def _cancel_when(predicate: Callable[[], bool], scope: anyio.CancelScope) -> None:
-    await until(predicate)
-    scope.cancel()
 
 
 class TestAbandon:
@@ -180,7 +174,7 @@ class TestWait:
             tg.start_soon(gate.call, pool, "blocker")
             await gate.entered(1)
             with anyio.CancelScope() as scope:
-                tg.start_soon(_cancel_when, lambda: pool.stats().pending == 1, scope)
+                tg.start_soon(cancel_when, lambda: pool.stats().pending == 1, scope)
                 await record("pending")
 
             gate.open()

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool
+from _support import Gate, new_pool, until
 
 colour: contextvars.ContextVar[str] = contextvars.ContextVar("colour", default="none")
 
@@ -151,9 +151,7 @@ class TestClosing:
         assert scope.cancelled_caught
         assert closed_on == []  # still inside the step the consumer left
         gate.open()
-        with anyio.fail_after(WAIT):
-            while pool.stats().busy:
-                await anyio.sleep(0.001)
+        await until(lambda: not pool.stats().busy)
 
         assert closed_on == produced_on
         assert pool.stats().cancelled == 1
@@ -174,8 +172,6 @@ class TestClosing:
         with pytest.raises(TimeoutError, match="stalls"):
             await agen.__anext__()
         gate.open()
-        with anyio.fail_after(WAIT):
-            while pool.stats().busy:
-                await anyio.sleep(0.001)
+        await until(lambda: not pool.stats().busy)
 
         assert pool.stats().timed_out == 1

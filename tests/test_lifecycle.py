@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool, spin_until
+from _support import WAIT, Gate, new_pool, spin_until, until
 
 
 def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
@@ -49,9 +49,7 @@ class TestStart:
         pool = new_pool(max_workers=2, idle_timeout=0.05)
         await pool.call(int)
         assert pool.stats().workers == 1
-        with anyio.fail_after(WAIT):
-            while pool.stats().workers:
-                await anyio.sleep(0.01)
+        await until(lambda: not pool.stats().workers)
 
         assert await pool.call(int, "5") == 5  # a new thread starts on demand
 
@@ -219,9 +217,7 @@ class TestAclose:
             tg.start_soon(call, "running")
             await gate.entered(1)
             tg.start_soon(call, "pending")
-            with anyio.fail_after(WAIT):
-                while pool.stats().pending != 1:
-                    await anyio.sleep(0.001)
+            await until(lambda: pool.stats().pending == 1)
 
             closed = anyio.Event()
 
@@ -230,9 +226,7 @@ class TestAclose:
                 closed.set()
 
             tg.start_soon(close)
-            with anyio.fail_after(WAIT):
-                while "pending" not in results:
-                    await anyio.sleep(0.001)
+            await until(lambda: "pending" in results)
 
             assert isinstance(results["pending"], offload.PoolClosed)
             assert not closed.is_set()  # still waiting for the running call

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, spin_until
+from _support import RUNS, WAIT, cancel_when, spin_until, until
 
 # A process pool per test module and backend would be faster, but every test must prove it
 # leaves no process behind, so each test uses its own pool: start-up is forkserver-cheap.
@@ -157,11 +157,15 @@ def pid_alive(pid: int) -> bool:
 
 
 async def file_appears(path: Path) -> str:
-    with anyio.fail_after(WAIT):
-        while not path.exists() or not path.read_text():
-            await anyio.sleep(0.005)
+    await until(lambda: path.exists() and bool(path.read_text()))
 
     return path.read_text()
+
+
+async def cancel_when_started(path: Path, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once the worker wrote ``path`` (its call has started)."""
+    await file_appears(path)
+    scope.cancel()
 
 
 @pytest.fixture
@@ -370,19 +374,12 @@ class TestCancellation:
         started = tmp / "started"
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-
-                async def cancel_when_started() -> None:
-                    await file_appears(started)
-                    scope.cancel()
-
-                tg.start_soon(cancel_when_started)
+                tg.start_soon(cancel_when_started, started, scope)
                 await pool.call(spin_after_touching, str(started))
 
         pid = int(started.read_text())
         assert scope.cancelled_caught
-        with anyio.fail_after(WAIT):
-            while pid_alive(pid) or pool.stats().busy:
-                await anyio.sleep(0.005)
+        await until(lambda: not pid_alive(pid) and not pool.stats().busy)
 
         assert pool.stats().cancelled == 1
         assert await pool.call(getpid) != pid
@@ -397,9 +394,7 @@ class TestCancellation:
             await spin(str(started))
 
         pid = int(started.read_text())
-        with anyio.fail_after(WAIT):
-            while pid_alive(pid):
-                await anyio.sleep(0.005)
+        await until(lambda: not pid_alive(pid))
 
         assert pool.stats().timed_out == 1
 
@@ -411,12 +406,7 @@ class TestCancellation:
         patient = pool(cancel="wait")(wait_for_cancel)
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-
-                async def cancel_when_started() -> None:
-                    await file_appears(started)
-                    scope.cancel()
-
-                tg.start_soon(cancel_when_started)
+                tg.start_soon(cancel_when_started, started, scope)
                 await patient(str(started))
 
         assert scope.cancelled_caught
@@ -431,15 +421,7 @@ class TestCancellation:
             tg.start_soon(_release_later, pool, str(started))
             await file_appears(started)
             with anyio.CancelScope() as scope:
-
-                async def cancel_when_pending() -> None:
-                    with anyio.fail_after(WAIT):
-                        while pool.stats().pending != 1:
-                            await anyio.sleep(0.001)
-
-                    scope.cancel()
-
-                tg.start_soon(cancel_when_pending)
+                tg.start_soon(cancel_when, lambda: pool.stats().pending == 1, scope)
                 await pool.call(spin_after_touching, str(never))
 
             (tmp / "started.go").write_text("go")
@@ -456,9 +438,9 @@ class TestCapacity:
             for path in paths:
                 tg.start_soon(_release_later, pool, str(path))
 
-            with anyio.fail_after(WAIT):
-                while sum(path.exists() for path in paths) < 2 or pool.stats().pending != 2:
-                    await anyio.sleep(0.005)
+            await until(
+                lambda: sum(path.exists() for path in paths) >= 2 and pool.stats().pending == 2
+            )
 
             stats = pool.stats()
             assert (stats.busy, stats.pending, stats.workers) == (2, 2, 2)
@@ -716,9 +698,7 @@ def process_scenario(
                 await anyio.sleep(rng.choice([0, 0.001, 0.02]))
                 scopes[i].cancel()
 
-        with anyio.fail_after(WAIT):
-            while pool.stats().busy:
-                await anyio.sleep(0.005)
+        await until(lambda: not pool.stats().busy)
 
     anyio.run(main, backend=backend[0], backend_options=backend[1])
     assert sorted(outcomes) == list(range(len(kinds))), "every call ends exactly once"

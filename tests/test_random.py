@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, new_pool
+from _support import RUNS, WAIT, new_pool, until
 
 KINDS = ("ok", "raise", "block", "cancel", "timeout")
 
@@ -145,9 +145,7 @@ def scenario(
         for event in release:
             event.set()
 
-        with anyio.fail_after(WAIT):
-            while pool.stats().busy:
-                await anyio.sleep(0.001)
+        await until(lambda: not pool.stats().busy)
 
     anyio.run(main, backend=backend[0], backend_options=backend[1])
 

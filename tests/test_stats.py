@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool
+from _support import Gate, new_pool, until
 
 
 def fail() -> None:
@@ -60,9 +60,7 @@ class TestSnapshot:
 
             gate.open()
 
-        with anyio.fail_after(WAIT):
-            while pool.stats().busy:
-                await anyio.sleep(0.001)
+        await until(lambda: not pool.stats().busy)
 
         stats = pool.stats()
         assert stats.completed == 3
@@ -97,9 +95,7 @@ class TestSnapshot:
                 tg.start_soon(gate.call, pool, i)
 
             await gate.entered(2)
-            with anyio.fail_after(WAIT):
-                while pool.stats().pending != 3:
-                    await anyio.sleep(0.001)
+            await until(lambda: pool.stats().pending == 3)
 
             stats = pool.stats()
             assert (stats.workers, stats.busy, stats.pending) == (2, 2, 3)
