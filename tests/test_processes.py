@@ -30,6 +30,13 @@ def new_pool(**settings: Any) -> offload.ProcessPool:
     return offload.ProcessPool(f"proc-{next(_names)}", **settings)
 
 
+def announce(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a reader sees no file or all of it, never ''."""
+    partial = f"{path}.{os.getpid()}.partial"
+    Path(partial).write_text(text)
+    os.replace(partial, path)
+
+
 # -- functions the workers run (module level: workers import them by name) ----------------------
 
 
@@ -69,18 +76,18 @@ def return_lock() -> object:
 
 def spin_after_touching(path: str) -> None:
     """Say that the call started (by creating ``path``), then burn CPU forever."""
-    Path(path).write_text(str(os.getpid()))
+    announce(path, str(os.getpid()))
     while True:
         pass
 
 
 def wait_for_cancel(path: str) -> str:
     """Run until the caller is gone, then say so in ``path``."""
-    Path(path).write_text(str(os.getpid()))
+    announce(path, str(os.getpid()))
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         if offload.cancelled():
-            Path(path).write_text("saw cancel")
+            announce(path, "saw cancel")
             return "stopped"
 
         time.sleep(0.001)
@@ -91,7 +98,7 @@ def wait_for_cancel(path: str) -> str:
 def crash_once(marker: str) -> str:
     """Crash the first time (when ``marker`` does not exist yet), succeed after."""
     if not Path(marker).exists():
-        Path(marker).write_text("crashed")
+        announce(marker, "crashed")
         os._exit(9)
 
     return "second try"
@@ -358,7 +365,7 @@ class TestCrashes:
 
 
 def wait_for_cancel_or_file(path: str) -> str:
-    Path(path).write_text("started")
+    announce(path, "started")
     go = Path(path + ".go")
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline and not go.exists():
