@@ -33,6 +33,7 @@ import inspect
 import linecache
 import logging
 import os
+import select
 import site
 import sys
 import sysconfig
@@ -48,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from typing_extensions import Self
+
+from . import _alarm
 
 if TYPE_CHECKING:
     import trio
@@ -447,10 +450,12 @@ class _Watch:
     __slots__ = (
         "__weakref__",
         "_prefix_key",
+        "alarm",
         "beats",
         "clock",
         "interval",
         "last_beat",
+        "late",
         "last_cpu",
         "name",
         "native_id",
@@ -460,12 +465,13 @@ class _Watch:
         "thread_id",
     )
 
-    def __init__(self, kind: str, interval: float) -> None:
+    def __init__(self, kind: str, interval: float, late: float) -> None:
         self.thread_id = threading.get_ident()
         self.native_id = threading.get_native_id()
         self.clock = _thread_clock(self.thread_id)
         self.name = f"{kind} loop in thread {threading.current_thread().name!r}"
         self.interval = interval
+        self.late = late  # after a beat, when the watchdog looks if no other beat came
         self.beats = 0
         self.last_beat = time.perf_counter()
         self.last_cpu = self.cpu_here()
@@ -473,6 +479,8 @@ class _Watch:
         self._prefix_key: tuple[types.CodeType, ...] = ()
         self.paused = False
         self.stopped = False
+        # Fires when the next beat is overdue (see ``_alarm``); the watchdog closes it.
+        self.alarm = _alarm.new_alarm()
 
     def cpu_here(self) -> float:
         """Read this loop's CPU clock from the loop thread."""
@@ -501,6 +509,8 @@ class _Watch:
             self.prefix = frozenset(key)
 
         self._mark(self.cpu_here())
+        if self.alarm is not None:
+            self.alarm.arm(self.late)
 
     def _mark(self, cpu: float | None) -> None:
         if cpu is not None:
@@ -513,11 +523,15 @@ class _Watch:
         """The loop stopped running (between two ``run_until_complete``): not a stall."""
         self.paused = True
         self._mark(self.cpu_here())
+        if self.alarm is not None:
+            self.alarm.disarm()
 
     def resume(self) -> None:
         """The loop runs again."""
         self.paused = False
         self._mark(self.cpu_here())
+        if self.alarm is not None:
+            self.alarm.arm(self.late)
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -526,6 +540,8 @@ class _Watch:
         """Stop beating; ends a stall in progress now."""
         self.stopped = True
         self._mark(self.cpu_here() if self.on_loop_thread() else self.read_cpu())
+        if self.alarm is not None:
+            self.alarm.disarm()
 
     def running(self) -> bool:
         raise NotImplementedError
@@ -543,9 +559,9 @@ class _AsyncioWatch(_Watch):
 
     __slots__ = ("_handle", "_loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, late: float) -> None:
         module = type(loop).__module__.split(".", 1)[0]
-        super().__init__("uvloop" if module == "uvloop" else "asyncio", interval)
+        super().__init__("uvloop" if module == "uvloop" else "asyncio", interval, late)
         self._loop = weakref.ref(loop)
         self._handle: asyncio.Handle | None = None
 
@@ -601,10 +617,10 @@ class _TrioWatch(_Watch):
 
     __slots__ = ("_ended", "_scope", "_token")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, late: float) -> None:
         import trio
 
-        super().__init__("trio", interval)
+        super().__init__("trio", interval, late)
         self._token = trio.lowlevel.current_trio_token()
         self._scope: trio.CancelScope | None = None
         self._ended = False
@@ -1249,21 +1265,43 @@ _PAUSED_POLL: Final = 0.1
 
 
 class _Watchdog:
-    """A thread that watches the loops of one monitor."""
+    """A thread that watches the loops of one monitor.
+
+    Where the kernel has timers behind file descriptors (Linux), each loop's beat re-arms its
+    watch's `_alarm.Alarm` and the thread sleeps until an alarm fires, a sign that a beat is
+    late, or until `wake`. Elsewhere it looks on a schedule: when the next beat is due, but
+    not more often than every half threshold. Once a loop is late it samples the loop thread
+    every millisecond until the loop beats again.
+    """
 
     def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
         self._threshold = monitor.threshold
-        self._sample_after = monitor.threshold / 5
         self._check_every = monitor.threshold / 2
         self._woke = 0.0
         self._hang_after = max(5.0, 10 * monitor.threshold)
-        self._lock = threading.Lock()  # guards _watches and _closing
-        # Released to wake the thread; a bare lock wakes for half the CPU of a Condition.
+        self._lock = threading.Lock()  # guards _watches, _closing, _epoll and _alarms
+        # Where there are alarms, the thread sleeps in epoll on them and on a pipe that wakes
+        # it; a loop's alarm joins the set without waking it (epoll allows that from any
+        # thread), since waking it as a loop gets busy would cost the loop a GIL handover.
+        # Elsewhere a bare lock wakes it, for half the CPU of a Condition.
+        self._epoll: select.epoll | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._alarms: dict[int, _Watch] = {}  # alarm fd -> its watch
+        if _alarm.available() and hasattr(select, "epoll"):
+            self._epoll = select.epoll()
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)
+            os.set_blocking(self._pipe[0], False)
+            self._epoll.register(self._pipe[0], select.EPOLLIN)
         self._signal = threading.Lock()
         self._signal.acquire()
         self._watches: list[_Watch] = []
         self._stalls: dict[_Watch, _Stall] = {}
+        # Watches whose alarm rang a hair before their beat was late by our clock, with the
+        # beat count then: the alarm rings only once, so look again on a timer.
+        self._early: dict[_Watch, int] = {}
+        self._woken = False  # the pipe woke the thread: drain it
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="offload.monitor", daemon=True)
         self._thread.start()
@@ -1271,14 +1309,43 @@ class _Watchdog:
     def add(self, watch: _Watch) -> None:
         with self._lock:
             self._watches.append(watch)
+            fd = watch.alarm.fileno() if watch.alarm is not None else -1
+            if self._epoll is not None and fd >= 0:
+                self._alarms[fd] = watch
+                self._epoll.register(fd, select.EPOLLIN)
+                return  # its alarm wakes the thread when the loop is late
 
         self.wake()
+
+    def resumed(self) -> None:
+        """A paused loop runs again: its alarm is armed, else look at it now."""
+        if self._epoll is None:
+            self.wake()
+
+    def _drop(self, watch: _Watch) -> None:
+        """Forget a watch whose loop is gone and close its alarm (under ``_lock``)."""
+        self._early.pop(watch, None)
+        if watch.alarm is None:
+            return
+
+        fd = watch.alarm.fileno()
+        if self._alarms.pop(fd, None) is not None and self._epoll is not None:
+            self._epoll.unregister(fd)
+        watch.alarm.close()
 
     def watches(self) -> list[_Watch]:
         with self._lock:
             return list(self._watches)
 
     def wake(self) -> None:
+        with self._lock:  # the thread closes the pipe under it: never write to a reused fd
+            if self._pipe is not None:
+                try:
+                    os.write(self._pipe[1], b"!")
+                except BlockingIOError:  # full: the thread wakes anyway
+                    pass
+                return
+
         try:
             self._signal.release()
         except RuntimeError:  # already released: the thread wakes anyway
@@ -1299,45 +1366,104 @@ class _Watchdog:
                 pass
         except Exception:  # pragma: no cover - a bug; say so rather than die in silence
             _logger.exception("offload.monitor stopped watching after an internal error")
+        finally:
+            with self._lock:
+                for watch in self._watches:
+                    self._drop(watch)
+                self._watches = []
+                pipe, self._pipe = self._pipe, None
+                if self._epoll is not None:
+                    self._epoll.close()
+            if pipe is not None:
+                for fd in pipe:
+                    os.close(fd)
 
-    def _timeout(self, now: float) -> float | None:
+    def _timeout(self, watches: list[_Watch], now: float) -> float | None:
         timeout: float | None = None
-        for watch in self.watches():
+        for watch in watches:
             if watch in self._stalls:
-                wait = _SAMPLE_INTERVAL
+                wait: float | None = _SAMPLE_INTERVAL
             elif watch.beats == 0:
                 wait = watch.interval
             elif not watch.running():
                 wait = _PAUSED_POLL
+            elif watch.alarm is not None and self._epoll is not None:
+                if self._early.get(watch) == watch.beats:
+                    wait = max(watch.last_beat + watch.late - now, _SAMPLE_INTERVAL / 4)
+                else:
+                    wait = None  # its alarm wakes the thread when a beat is late
             else:
                 # Look again when the next beat is overdue, but not more often than every
                 # half threshold while the loop is well: each wake costs CPU.
-                wait = (
-                    max(
-                        watch.last_beat + watch.interval + self._sample_after,
-                        self._woke + self._check_every,
-                    )
-                    - now
-                )
+                wait = max(watch.last_beat + watch.late, self._woke + self._check_every) - now
 
-            if timeout is None or wait < timeout:
+            if wait is not None and (timeout is None or wait < timeout):
                 timeout = wait
 
         return timeout
 
-    def _step(self) -> bool:
-        if not self._closing:
-            timeout = self._timeout(time.perf_counter())
+    def _wait(self, timeout: float | None) -> list[_Watch]:
+        """Sleep until ``timeout`` (seconds), `wake` or an alarm; return whose alarm rang.
+
+        The alarms and the pipe are read later, in `_clear`: reading lets go of the GIL, and
+        a loop thread that holds the GIL in a long C call would take it back and run on
+        before the stall is on record.
+        """
+        epoll, pipe = self._epoll, self._pipe
+        if epoll is None or pipe is None:
             if timeout is None:
                 self._signal.acquire()
             elif timeout > 0:
                 self._signal.acquire(timeout=timeout)
+            return []
+
+        # epoll rounds its timeout up to whole milliseconds
+        ready = epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+        self._woken = False
+        rang: list[_Watch] = []
+        with self._lock:
+            for fd, _ in ready:
+                if fd == pipe[0]:
+                    self._woken = True
+                elif (watch := self._alarms.get(fd)) is not None:
+                    rang.append(watch)
+        return rang
+
+    def _clear(self, rang: list[_Watch]) -> None:
+        """Consume what woke the thread, after the stalls are on record."""
+        if self._pipe is not None and self._woken:
+            try:
+                while os.read(self._pipe[0], 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+        for watch in rang:
+            assert watch.alarm is not None
+            watch.alarm.clear()
+            if watch not in self._stalls:
+                # It rang, yet the beat was not late by our clock (or it beat since): the
+                # alarm will not ring again until the next beat, so look again on a timer.
+                # ``beats`` is read after the clear, so a beat since then re-armed it.
+                self._early[watch] = watch.beats
+
+    def _step(self) -> bool:
+        rang: list[_Watch] = []
+        if not self._closing:
+            timeout = self._timeout(self.watches(), time.perf_counter())
+            rang = self._wait(timeout)
 
         self._woke = time.perf_counter()
         with self._lock:
             closing = self._closing
-            self._watches = [w for w in self._watches if w in self._stalls or not w.gone()]
-            watches = list(self._watches)
+            kept: list[_Watch] = []
+            for watch in self._watches:
+                if watch in self._stalls or not watch.gone():
+                    kept.append(watch)
+                else:
+                    self._drop(watch)
+            self._watches = kept
+            watches = list(kept)
 
         for watch in watches:
             stall = self._stalls.get(watch)
@@ -1359,11 +1485,16 @@ class _Watchdog:
             if closing or beats == 0 or not watch.running():
                 continue
 
-            if time.perf_counter() - last_beat - watch.interval > self._sample_after:
+            if self._early.get(watch, beats) != beats:
+                del self._early[watch]  # it beat since: its alarm is armed again
+
+            if time.perf_counter() - last_beat > watch.late:
+                self._early.pop(watch, None)
                 stall = _Stall(watch, self._threshold, beats, last_beat)
                 self._stalls[watch] = stall
                 stall.sample()
 
+        self._clear([watch for watch in rang if watch in watches])
         return not closing
 
     def _finish(self, stall: _Stall, end: float, end_cpu: float | None) -> None:
@@ -1816,14 +1947,16 @@ class Monitor:
     def _attach_asyncio(
         self, loop: asyncio.AbstractEventLoop, below: types.FrameType | None, known: bool
     ) -> _AsyncioWatch:
-        watch = _AsyncioWatch(loop, _heartbeat_interval(self._threshold, "asyncio"))
+        interval = _heartbeat_interval(self._threshold, "asyncio")
+        watch = _AsyncioWatch(loop, interval, interval + self._threshold / 5)
         watch.start(below, known)
         assert self._watchdog is not None
         self._watchdog.add(watch)
         return watch
 
     def _attach_trio(self, below: types.FrameType | None, known: bool) -> _TrioWatch:
-        watch = _TrioWatch(_heartbeat_interval(self._threshold, "trio"))
+        interval = _heartbeat_interval(self._threshold, "trio")
+        watch = _TrioWatch(interval, interval + self._threshold / 5)
         watch.start(below, known)
         assert self._watchdog is not None
         self._watchdog.add(watch)
@@ -1861,7 +1994,7 @@ class Monitor:
             self._attach_asyncio(loop, below, known)
         elif watch.paused:
             watch.resume()
-            watchdog.wake()
+            watchdog.resumed()
 
     def _asyncio_stopped(self) -> None:
         """The asyncio loop of this thread, if any, stopped running (installed monitors only)."""
