@@ -539,7 +539,7 @@ def _percent(hits: int, total: int) -> str:
 
 def summarize(scenario_type: type[Scenario], runs: list[Run], tool: str) -> dict[str, Any]:
     lines = [LINES[site] for site in scenario_type.sites]
-    right = kind_ok = blamed = noisy = 0
+    right = kind_ok = blamed = noisy = silent = 0
     latencies: list[float] = []
     ratios: list[float] = []
     shares: list[list[float]] = []
@@ -579,6 +579,7 @@ def summarize(scenario_type: type[Scenario], runs: list[Run], tool: str) -> dict
         else:
             blamed += any(report.line is not None for report in reports)
             kind_ok += any(report.kind == scenario_type.kind for report in reports)
+            silent += not reports  # the loop never lagged past the threshold that run
 
     return {
         "runs": len(runs),
@@ -586,6 +587,7 @@ def summarize(scenario_type: type[Scenario], runs: list[Run], tool: str) -> dict
         "kind_ok": kind_ok,
         "blamed": blamed,
         "noisy": noisy,
+        "silent": silent,
         "latency": _median(latencies),
         "ratio": _median(ratios),
         "shares": [statistics.median(column) for column in zip(*shares, strict=True)]
@@ -635,6 +637,8 @@ def _row(scenario_type: type[Scenario], backend: str, tool: str, s: dict[str, An
     else:
         line = "  - "
         notes = f"blamed a line in {_percent(s['blamed'], total).strip()} of runs"
+        if s["silent"]:
+            notes += f", no event (no lag past the threshold) in {s['silent']}"
 
     kind = _percent(s["kind_ok"], total) if tool == "offload" and scenario_type.kind else "  - "
     latency = f"{s['latency'] * 1000:6.0f} ms" if s["latency"] is not None else "      -  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import sys
 import threading
 
 import pytest
@@ -87,6 +88,6 @@ def test_unavailable_without_timerfd(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernel has no timerfd, there are no alarms and the watchdog uses a timer."""
     monkeypatch.setattr(_alarm, "_looked", False)
     monkeypatch.setattr(_alarm, "_timerfd", None)  # what it finds is put back after the test
-    monkeypatch.setattr(_alarm.sys, "platform", "darwin")
+    monkeypatch.setattr(sys, "platform", "darwin")
     assert not _alarm.available()
     assert _alarm.new_alarm() is None
