@@ -1308,6 +1308,11 @@ class _Watchdog:
 
     def add(self, watch: _Watch) -> None:
         with self._lock:
+            if self._closing:  # a loop started as the monitor stopped: nothing to watch
+                watch.stop()
+                self._drop(watch)
+                return
+
             self._watches.append(watch)
             fd = watch.alarm.fileno() if watch.alarm is not None else -1
             if self._epoll is not None and fd >= 0:
