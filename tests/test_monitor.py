@@ -229,12 +229,25 @@ class TestNoLineToBlame:
     async def test_saturation(self) -> None:
         """Many tasks of short steps make saturation, with no site, stack or split."""
         with offload.monitor(THRESHOLD, log=False) as monitor:
+            wall, cpu = time.perf_counter(), time.thread_time()
             until = time.perf_counter() + 2 * BLOCK
             async with anyio.create_task_group() as tasks:
                 for _ in range(100):
                     tasks.start_soon(short_steps, until)
 
+            # The loop thread wanted the CPU all along: what share of it did it get?
+            share = (time.thread_time() - cpu) / (time.perf_counter() - wall)
+
         events = monitor.events
+        assert all(event.site is None for event in events), [str(event) for event in events]
+        if share < 0.8:
+            # Other processes held the CPUs (a loaded machine): that is starvation, and the
+            # monitor may say so. Either way, no line is to blame.
+            assert {event.kind for event in events} <= {"saturation", "starvation"}, [
+                str(event) for event in events
+            ]
+            return
+
         saturated = [event for event in events if event.kind == "saturation"]
         assert saturated, [str(event) for event in events]
         for event in saturated:
