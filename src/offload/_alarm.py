@@ -57,9 +57,6 @@ def _libc_timerfd() -> tuple[Callable[[], int], Callable[[int, float], None]] | 
         ctypes.POINTER(_Itimerspec),
     )
     settime.restype = ctypes.c_int
-    spec = _Itimerspec()  # only ever used under the alarm's lock, one call at a time
-    spec_ref = ctypes.byref(spec)
-    value = spec.it_value
 
     def timerfd_create() -> int:
         fd: int = create(time.CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
@@ -69,10 +66,10 @@ def _libc_timerfd() -> tuple[Callable[[], int], Callable[[int, float], None]] | 
         return fd
 
     def timerfd_settime(fd: int, delay: float) -> None:
+        # A structure per call: loops in several threads arm their alarms at once.
         seconds = int(delay)
-        value.tv_sec = seconds
-        value.tv_nsec = int((delay - seconds) * 1e9)
-        if settime(fd, 0, spec_ref, None) < 0:
+        spec = _Itimerspec(it_value=_Timespec(seconds, int((delay - seconds) * 1e9)))
+        if settime(fd, 0, ctypes.byref(spec), None) < 0:
             number = ctypes.get_errno()
             raise OSError(number, os.strerror(number))
 
@@ -172,7 +169,10 @@ class Alarm:
     def __del__(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:  # never closed: its watch was dropped before the watchdog saw it
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover - nothing to do about it in a finalizer
+                pass
 
 
 def _timerfd_functions() -> tuple[Callable[[], int], Callable[[int, float], None]] | None:
