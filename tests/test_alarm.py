@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import sys
 import threading
@@ -91,3 +92,20 @@ def test_unavailable_without_timerfd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not _alarm.available()
     assert _alarm.new_alarm() is None
+
+
+def test_a_refused_setting_makes_the_alarm_unusable_not_an_error() -> None:
+    """The loop's beat arms the alarm: a kernel error must not reach the loop."""
+
+    def refuse(fd: int, delay: float) -> None:
+        raise OSError(22, "Invalid argument")
+
+    made = _alarm.new_alarm()
+    assert made is not None
+    alarm = _alarm.Alarm(os.dup(made.fileno()), refuse)
+    made.close()
+    before = alarm.usable
+    alarm.arm(0.01)
+    alarm.disarm()
+    assert (before, alarm.usable) == (True, False), "the watchdog must stop relying on it"
+    alarm.close()

@@ -124,28 +124,41 @@ class Alarm:
     later took the same number.
     """
 
-    __slots__ = ("_fd", "_lock", "_settime")
+    __slots__ = ("_failed", "_fd", "_lock", "_settime")
 
     def __init__(self, fd: int, settime: Callable[[int, float], None]) -> None:
         self._fd = fd
         self._settime = settime
         self._lock = threading.Lock()
+        self._failed = False
 
     def fileno(self) -> int:
         """The descriptor to wait on; -1 once closed."""
         return self._fd
 
+    @property
+    def usable(self) -> bool:
+        """Open, and never refused by the kernel: a waiter may rely on it to fire."""
+        return self._fd >= 0 and not self._failed
+
     def arm(self, delay: float) -> None:
         """Fire in ``delay`` seconds (``delay`` > 0), replacing any earlier setting."""
-        with self._lock:
-            if self._fd >= 0:
-                self._settime(self._fd, delay)
+        self._set(delay)
 
     def disarm(self) -> None:
         """Do not fire until armed again."""
+        self._set(0.0)
+
+    def _set(self, delay: float) -> None:
+        # Called from the loop's beat: an error here must not reach the loop (on trio it
+        # would crash the run). A refused setting makes the alarm unusable instead, and the
+        # watchdog goes back to looking on a schedule.
         with self._lock:
-            if self._fd >= 0:
-                self._settime(self._fd, 0.0)
+            if self._fd >= 0 and not self._failed:
+                try:
+                    self._settime(self._fd, delay)
+                except OSError:
+                    self._failed = True
 
     def clear(self) -> bool:
         """Consume a firing, so the descriptor is no longer readable; says whether it fired."""

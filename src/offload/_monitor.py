@@ -1392,7 +1392,7 @@ class _Watchdog:
                 wait = watch.interval
             elif not watch.running():
                 wait = _PAUSED_POLL
-            elif watch.alarm is not None and self._epoll is not None:
+            elif watch.alarm is not None and watch.alarm.usable and self._epoll is not None:
                 if self._early.get(watch) == watch.beats:
                     wait = max(watch.last_beat + watch.late - now, _SAMPLE_INTERVAL / 4)
                 else:
