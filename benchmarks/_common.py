@@ -7,12 +7,39 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
 
 import offload
 
 T = TypeVar("T")
+
+
+async def yielding_rate(seconds: float, tasks: int = 50) -> float:
+    """Steps per second of ``tasks`` tasks that each yield to the loop, over ``seconds``.
+
+    The busy loop on which benchmarks measure what something beside it costs; it runs on any
+    backend anyio supports (also under a plain ``asyncio.run``).
+    """
+    count = 0
+    until = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < until:
+            await anyio.lowlevel.checkpoint()
+            count += 1
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(tasks):
+            group.start_soon(worker)
+
+    return count / (time.perf_counter() - start)
 
 
 def run_asyncio(

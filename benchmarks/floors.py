@@ -32,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from _common import yielding_rate
+
 import offload
 
 Conn = multiprocessing.connection.Connection
@@ -42,22 +44,7 @@ _POOL = offload.ProcessPool("floors", max_workers=2)
 
 def loop_rate(seconds: float = 0.5) -> float:
     """Steps per second of 50 tasks that yield to an asyncio loop in a loop."""
-
-    async def main() -> float:
-        count = 0
-        until = time.perf_counter() + seconds
-
-        async def task() -> None:
-            nonlocal count
-            while time.perf_counter() < until:
-                await asyncio.sleep(0)
-                count += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*(task() for _ in range(50)))
-        return count / (time.perf_counter() - start)
-
-    return asyncio.run(main())
+    return asyncio.run(yielding_rate(seconds))
 
 
 def with_waking_thread(period: float) -> float:

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+from _common import yielding_rate
 
 import offload
 
@@ -669,21 +670,7 @@ def throughput(backend: str, tool: str | None, seconds: float) -> float:
     """Steps per second of 50 tasks that each yield to the loop in a loop."""
 
     async def body() -> float:
-        count = 0
-        until = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal count
-            while time.perf_counter() < until:
-                await anyio.lowlevel.checkpoint()
-                count += 1
-
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tasks:
-            for _ in range(50):
-                tasks.start_soon(worker)
-
-        return count / (time.perf_counter() - start)
+        return await yielding_rate(seconds)
 
     name, options = backends()[backend]
     return anyio.run(_with_tool(tool, body), backend=name, backend_options=options)
