@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+
+import anyio
+import pytest
 
 import offload
+from _support import Gate, new_pool
 
 # Runs in a fresh interpreter, so that nothing of anyio is imported yet but what offload's
 # own import brings: records every module that the loop thread imports while one of the
@@ -110,3 +115,41 @@ class TestColdStart:
         report = json.loads(done.stdout)
         assert report["names"][0].startswith("offload-thread-")
         assert report["imported"] == []
+
+
+class TestThreadStart:
+    """A new worker thread waits for the thread that starts it before it takes a job."""
+
+    async def test_a_new_thread_takes_a_job_only_once_its_starter_is_back(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each new thread of a cold pool runs its first call only after ``Thread.start()``
+        has returned in the thread that started it (which then never waits for a worker
+        that went straight into a CPU-bound call)."""
+        started: set[str] = set()  # threads whose start() has returned, by name
+        original = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            original(thread)
+            started.add(thread.name)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        pool = new_pool()
+        seen: list[tuple[str, bool]] = []
+
+        gate = Gate()
+
+        def first_call() -> None:
+            me = threading.current_thread().name
+            seen.append((me, me in started))
+            gate.pass_through()  # keeps its thread, so that each call needs a thread of its own
+
+        async with pool, anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(pool.call, first_call)
+
+            await gate.entered(4)
+            gate.open()
+
+        assert len({name for name, _ in seen}) == 4
+        assert all(ok for _, ok in seen), seen
