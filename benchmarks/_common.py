@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-import anyio
-import anyio.lowlevel
-
 import offload
 
 T = TypeVar("T")
@@ -25,6 +22,11 @@ async def yielding_rate(seconds: float, tasks: int = 50) -> float:
     The busy loop on which benchmarks measure what something beside it costs; it runs on any
     backend anyio supports (also under a plain ``asyncio.run``).
     """
+    # Imported here: threads.py (d) measures cold starts in processes that import this module,
+    # so it must not warm up anyio for them.
+    import anyio
+    import anyio.lowlevel
+
     count = 0
     until = time.perf_counter() + seconds
 

@@ -1,11 +1,18 @@
 """Thread offloading: offload against its peers on asyncio, asyncio+uvloop and trio.
 
-Three workloads (DESIGN.md section 9), each measured for every contender in every round:
+Four workloads (DESIGN.md section 9), each measured for every contender in every round:
 
 (a) 5,000 sequential no-op calls: microseconds per call (round trip).
 (b) 20,000 no-op calls from 100 concurrent tasks: calls per second (throughput).
 (c) heartbeat lag p99 while 200 ``time.sleep(0.01)`` calls run on 40 threads: a heartbeat task
     sleeps 1 ms in a loop and records how late each wake-up is (loop responsiveness).
+(d) heartbeat lag p99 (and the longest gap between beats) while two CPU-bound calls run at
+    once (a pure-Python loop of 5 M iterations each): a heartbeat task sleeps 10 ms in a loop.
+    Measured twice: on a cold pool (the two calls are the first the process makes: each
+    measurement runs in a fresh subprocess, so no thread, import or first use is paid in
+    advance) and on a warm one (the same fresh subprocess, after two overlapping calls that
+    start both threads). CPU-bound threads hold the GIL, so whatever makes the loop thread
+    wait for it (a lock, a file read by an import) costs the loop a switch interval or more.
 
 Fairness:
 
@@ -21,8 +28,8 @@ Fairness:
   start-up (and offload's per-loop pool start) is never timed in (a) and (b). Before the first
   round, an unrecorded pass runs every contender once, small, so that lazy imports and other
   first-in-the-process costs land in nobody's numbers.
-* (a) and (b) use each contender's default configuration, as users get it; the ``threads``
-  column shows how many threads that allows. (c) gives every contender 40 threads.
+* (a), (b) and (d) use each contender's default configuration, as users get it; the
+  ``threads`` column shows how many threads that allows. (c) gives every contender 40 threads.
 * The garbage collector stays on (allocation is part of a call's cost), after a
   ``gc.collect()`` just before the clock starts.
 
@@ -43,6 +50,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -64,6 +72,8 @@ Caller = Callable[[], Awaitable[object]]
 Job = Callable[[], Coroutine[Any, Any, None]]
 
 HEARTBEAT = 0.001  # seconds the heartbeat task asks to sleep
+CPU_HEARTBEAT = 0.01  # ... in (d)
+SPIN = 5_000_000  # iterations of each CPU-bound call in (d)
 JOIN_WAIT = 2.0  # seconds to wait for a run's threads to exit before calling them leaked
 
 
@@ -79,8 +89,17 @@ def sleep_10ms() -> None:
 
 
 def sleep_50ms() -> None:
-    # Warm-up for (c): long enough that all 40 calls overlap, so all 40 threads start.
+    # Warm-up for (c) and (d): long enough that all the calls overlap, so all threads start.
     time.sleep(0.05)
+
+
+def spin() -> int:
+    # (d): pure Python, holds the GIL but for the interpreter's forced switches.
+    total = 0
+    for i in range(SPIN):
+        total += i
+
+    return total
 
 
 # -- backends ----------------------------------------------------------------------------------
@@ -315,13 +334,15 @@ def _missing(module: str | None) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    key: str  # "a", "b", "c"
+    key: str  # "a", "b", "c", "d-cold", "d-warm"
     title: str
     unit: str
     higher_is_better: bool
     threads: int | None  # threads every contender gets; None: each its own default
     calls: int
     tasks: int  # concurrent tasks that make the calls
+    fresh_process: bool = False  # each measurement in a new interpreter (a really cold pool)
+    warm: bool = False  # (d): start the threads before the clock starts
 
 
 @dataclasses.dataclass
@@ -422,9 +443,87 @@ async def _heartbeat(family: str, setup: Setup, workload: Workload) -> Measureme
     )
 
 
+async def _cpu_heartbeat(family: str, setup: Setup, workload: Workload) -> Measurement:
+    if workload.warm:
+        warm = setup.wrap(sleep_50ms)
+
+        async def warm_one() -> None:
+            await warm()
+
+        await gather(family, [warm_one] * workload.calls)  # every thread is started
+
+    call = setup.wrap(spin)
+
+    async def one() -> None:
+        await call()
+
+    lags: list[float] = []
+    done = False
+    wall = 0.0
+
+    async def heartbeat() -> None:
+        clock = time.perf_counter
+        while not done:
+            start = clock()
+            await sleep(family, CPU_HEARTBEAT)
+            lags.append(clock() - start - CPU_HEARTBEAT)
+
+    async def load() -> None:
+        nonlocal done, wall
+        start = time.perf_counter()
+        await gather(family, [one] * workload.calls)
+        wall = time.perf_counter() - start
+        done = True
+
+    gc.collect()
+    await gather(family, [heartbeat, load])
+    return Measurement(
+        _percentile(lags, 99) * 1e3,
+        setup.threads,
+        setup.how,
+        {
+            "p50_ms": _percentile(lags, 50) * 1e3,
+            "max_ms": max(lags) * 1e3,
+            "max_gap_ms": (max(lags) + CPU_HEARTBEAT) * 1e3,
+            "beats": float(len(lags)),
+            "wall_ms": wall * 1e3,
+        },
+        [lag * 1e3 for lag in lags],
+    )
+
+
 def workloads(quick: bool, warmup: bool = False) -> tuple[Workload, ...]:
-    """The three workloads: full size, ``--quick`` size, or the size of the warm-up pass."""
+    """The workloads: full size, ``--quick`` size, or the size of the warm-up pass (which
+    leaves out (d): its measurements run in fresh processes, with nothing warmed up)."""
     a, b = (200, 1_000) if warmup else (500, 4_000) if quick else (5_000, 20_000)
+    cpu = f"2 CPU-bound calls ({SPIN / 1e6:g} M-iteration Python loops) run"
+    d = (
+        ()
+        if warmup
+        else (
+            Workload(
+                "d-cold",
+                f"(d) heartbeat lag p99 while {cpu} on a cold pool (a fresh process each)",
+                "ms",
+                False,
+                None,
+                2,
+                2,
+                fresh_process=True,
+            ),
+            Workload(
+                "d-warm",
+                f"(d) heartbeat lag p99 while {cpu} on a warm pool (a fresh process each)",
+                "ms",
+                False,
+                None,
+                2,
+                2,
+                fresh_process=True,
+                warm=True,
+            ),
+        )
+    )
     return (
         Workload("a", f"(a) {a:,} sequential no-op calls", "µs/call", False, None, a, 1),
         Workload(
@@ -439,6 +538,7 @@ def workloads(quick: bool, warmup: bool = False) -> tuple[Workload, ...]:
             200,
             200,
         ),
+        *d,
     )
 
 
@@ -482,8 +582,10 @@ def measure(
             result = await _sequential(setup, workload, 100 if quick else 500)
         elif workload.key == "b":
             result = await _concurrent(backend.family, setup, workload, 5 if quick else 20)
-        else:
+        elif workload.key == "c":
             result = await _heartbeat(backend.family, setup, workload)
+        else:
+            result = await _cpu_heartbeat(backend.family, setup, workload)
 
         started = len(set(threading.enumerate()) - before)
         return result
@@ -515,6 +617,43 @@ def measure(
         leaked=[t.name for t in left],
         parked=len(new) - len(left),
     )
+
+
+def measure_fresh(
+    backend: Backend, workload: Workload, contender: Contender, round_: int, quick: bool
+) -> Sample:
+    """:func:`measure` in a new interpreter (this script with ``--child``), so that nothing
+    was started, imported or used before the measurement but what the script imports."""
+    spec = f"{backend.key},{workload.key},{contender.key}"
+    command = [sys.executable, os.path.abspath(__file__), "--child", spec]
+    done = subprocess.run(
+        [*command, "--quick"] if quick else command, capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the measurement {spec} failed:\n{done.stderr}")
+
+    sample = Sample(**json.loads(done.stdout.strip().splitlines()[-1]))
+    sample.round = round_
+    return sample
+
+
+def measure_any(
+    backend: Backend, workload: Workload, contender: Contender, round_: int, quick: bool
+) -> Sample:
+    """One measurement, in this process or in a fresh one, as the workload asks."""
+    run_one = measure_fresh if workload.fresh_process else measure
+    return run_one(backend, workload, contender, round_, quick)
+
+
+def child(spec: str, quick: bool) -> int:
+    """``--child``: one measurement in this (fresh) process; print its sample as JSON."""
+    backend_key, workload_key, contender_key = spec.split(",")
+    backend = next(b for b in BACKENDS if b.key == backend_key)
+    workload = next(w for w in workloads(quick) if w.key == workload_key)
+    contender = next(c for c in CONTENDERS if c.key == contender_key)
+    sample = measure(backend, workload, contender, 0, quick)
+    print(json.dumps(dataclasses.asdict(sample)))
+    return 0
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -607,12 +746,19 @@ def print_table(
 
     print(f"\n{backend.title}: {workload.title}, {workload.unit}")
     print(f"  ({sense}, so >1 means better than {base_label})")
-    show_wall = workload.key == "c"
+    show_wall = workload.key != "a" and workload.key != "b"
+    show_gap = workload.key.startswith("d")
     if show_wall:
         beats = statistics.median(b for row in rows for b in row.extra["beats"])
         print(
             f"  (about {beats:.0f} heartbeats per measurement, so its p99 is close to its max; "
             "pooled p99: the p99 of all rounds' heartbeats together)"
+        )
+
+    if show_gap:
+        print(
+            f"  (max gap: the median over rounds of the longest time between two beats; the "
+            f"heartbeat asks for {CPU_HEARTBEAT * 1e3:g} ms)"
         )
 
     print(
@@ -623,6 +769,9 @@ def print_table(
     if show_wall:
         header[2] = "p99 lag ms"
         header += ["pooled p99", "p50 lag ms", "wall ms"]
+
+    if show_gap:
+        header += ["max gap ms"]
 
     table: list[list[str]] = []
     for row in rows:
@@ -646,6 +795,9 @@ def print_table(
                 f"{statistics.median(row.extra['p50_ms']):.3f}",
                 f"{statistics.median(row.extra['wall_ms']):.1f}",
             ]
+
+        if show_gap:
+            line += [f"{statistics.median(row.extra['max_gap_ms']):.1f}"]
 
         table.append(line)
 
@@ -720,7 +872,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio", "all"), default="all")
     parser.add_argument("--json", metavar="FILE", help="write every raw number to FILE")
+    parser.add_argument(
+        "--workloads",
+        default="abcd",
+        help="which workloads, e.g. 'ab' or 'd' (default abcd: all)",
+    )
+    # Internal: one measurement of a fresh-process workload, printed as JSON.
+    parser.add_argument("--child", metavar="BACKEND,WORKLOAD,CONTENDER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not set(args.workloads) or not set(args.workloads) <= set("abcd"):
+        parser.error("--workloads takes letters among a, b, c and d (e.g. 'ab' or 'd')")
+
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
 
@@ -734,7 +896,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rounds: int = args.rounds
     quick: bool = args.quick
-    loads = workloads(quick)
+    if args.child:
+        return child(args.child, quick)
+
+    loads = tuple(w for w in workloads(quick) if w.key[0] in args.workloads)
     notes: list[str] = []
 
     backends: list[Backend] = []
@@ -799,6 +964,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup_leaks: list[Sample] = []
     for backend in backends:
         for workload in workloads(quick, warmup=True):
+            if workload.key[0] not in args.workloads:
+                continue
+
             for contender in plan[backend.key]:
                 sample = measure(backend, workload, contender, -1, True)
                 if sample.leaked:
@@ -812,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for workload in loads:
                 shift = round_ % len(contenders)
                 samples.extend(
-                    measure(backend, workload, contender, round_, quick)
+                    measure_any(backend, workload, contender, round_, quick)
                     for contender in contenders[shift:] + contenders[:shift]
                 )
 

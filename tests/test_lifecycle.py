@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool, spin_until, until
+from _support import WAIT, Gate, cancel_when, new_pool, spin_until, until
 
 
 def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
@@ -91,19 +91,22 @@ class TestEndOfRun:
     def test_running_call_is_waited_for(self, backend: str, options: dict[str, Any]) -> None:
         """At the end of the run a call still running is given ``shutdown_timeout`` to end."""
         pool = new_pool(shutdown_timeout=WAIT)
+        entered = threading.Event()
         release = threading.Event()
         finished = threading.Event()
         timer = threading.Timer(0.05, release.set)
 
         def slow() -> None:
+            entered.set()
             release.wait(WAIT)
             finished.set()
 
         async def main() -> None:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                # abandoned at once; the thread runs on past the end of main()
-                await pool.call(slow)
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(cancel_when, entered.is_set, scope)
+                    # abandoned once it runs; the thread runs on past the end of main()
+                    await pool.call(slow)
 
             timer.start()
 
@@ -153,15 +156,18 @@ class TestEndOfRun:
     ) -> None:
         """Past ``shutdown_timeout`` a warning names the function, and ``run`` returns."""
         pool = new_pool(shutdown_timeout=0.05)
+        entered = threading.Event()
         release = threading.Event()
 
         def wedged_function() -> None:
+            entered.set()
             release.wait(WAIT)
 
         async def main() -> None:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                await pool.call(wedged_function)
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(cancel_when, entered.is_set, scope)
+                    await pool.call(wedged_function)
 
         with caplog.at_level(logging.WARNING, logger="offload"):
             anyio.run(main, backend=backend, backend_options=options)
@@ -182,11 +188,19 @@ class TestEndOfRun:
             import asyncio, threading, offload
 
             pool = offload.ThreadPool("stuck", shutdown_timeout=0.1)
+            entered = threading.Event()
+
+            def wait_forever():
+                entered.set()
+                threading.Event().wait()
 
             async def main():
-                with __import__("anyio").CancelScope() as scope:
-                    scope.cancel()
-                    await pool.call(threading.Event().wait)  # waits forever
+                call = asyncio.ensure_future(pool.call(wait_forever))
+                while not entered.is_set():
+                    await asyncio.sleep(0.001)
+
+                call.cancel()  # abandoned: the thread never returns
+                await asyncio.gather(call, return_exceptions=True)
 
             asyncio.run(main())
             print("run returned")

@@ -188,7 +188,18 @@ def current_key() -> object:
 
 
 def current_loop(key: object) -> Loop:
-    """Return a new handle on the running loop whose identity is ``key``."""
+    """Return a new handle on the running loop whose identity is ``key``.
+
+    A pool calls this when it first starts in a loop, before any of its workers runs: so
+    this is also where anyio gets ready for the loop. anyio imports its backend for the
+    running library on first use, and the pool's lifecycle task would otherwise do that on
+    the loop thread once the first call already runs. Under CPU-bound workers that import
+    freezes the loop: every file it reads releases the GIL, and each time the loop thread
+    waits a switch interval to get it back (hundreds of milliseconds in all).
+    """
+    import anyio.lowlevel
+
+    anyio.lowlevel.current_token()  # imports anyio's backend for this loop, now
     if isinstance(key, asyncio.AbstractEventLoop):
         return _AsyncioLoop(key)
 

@@ -8,6 +8,9 @@ event loop: that is what lets a burst of small calls run at the speed of a bare 
 
 Idle threads sleep on a lock of their own (the cheapest wake-up CPython has), newest first,
 so the threads that stay busy stay warm and the others reach ``idle_timeout`` and exit.
+A new thread starts asleep on that same lock and is woken by its starter once ``start()``
+has returned there, so that no starter (the loop thread least of all) waits for the GIL
+held by a thread that went straight into a CPU-bound call.
 """
 
 from __future__ import annotations
@@ -34,8 +37,21 @@ class _Worker(threading.Thread):
         self.wakeup = threading.Lock()
         self.wakeup.acquire()
 
+    def start(self) -> None:
+        """Start the thread, and only then let it take a job.
+
+        ``Thread.start()`` waits until the new thread has run its first lines. Were the new
+        thread to go straight on into a CPU-bound job, it would hold the GIL when its
+        starter (the loop thread, or a worker passing the word on) wakes, and the starter
+        would wait a switch interval for it. Here the new thread first sleeps on its wake-up
+        lock, releasing the GIL, and the starter wakes it once it is back.
+        """
+        super().start()
+        self.wakeup.release()
+
     def run(self) -> None:
         try:
+            self.wakeup.acquire()  # until start() has returned in the starting thread
             self.workers._work(self)
         finally:
             self.workers._on_exit(self)
