@@ -6,12 +6,49 @@ import dataclasses
 import os
 import subprocess
 import sys
+import typing
+from typing import Any
 
 import pytest
 
 import offload
 from _support import new_pool
-from offload._settings import env_name, usable_cpus
+from offload._settings import (
+    ProcessOptions,
+    ProcessSettings,
+    ThreadOptions,
+    ThreadSettings,
+    env_name,
+    setting_of,
+    usable_cpus,
+)
+
+
+class TestDefinedOnce:
+    """Each setting is defined once, as a field; the rest follows from it."""
+
+    @pytest.mark.parametrize(
+        ("options", "settings"),
+        [(ThreadOptions, ThreadSettings), (ProcessOptions, ProcessSettings)],
+        ids=["thread", "process"],
+    )
+    def test_keyword_types_match_the_settings(self, options: Any, settings: Any) -> None:
+        """The typed keyword arguments of a pool kind name and type exactly its settings."""
+        fields = {field.name for field in dataclasses.fields(settings)}
+        assert set(typing.get_type_hints(options)) == fields
+        assert typing.get_type_hints(options) == {
+            name: hint for name, hint in typing.get_type_hints(settings).items() if name in fields
+        }
+
+    def test_every_field_carries_its_check(self) -> None:
+        """Every settings field says how it is checked and what a valid value is."""
+        for field in dataclasses.fields(ProcessSettings):
+            setting = setting_of(field)
+            assert setting.explain()
+            if field.name in ("initializer", "initargs"):
+                assert setting.parse is None  # a function cannot come from the environment
+            else:
+                assert setting.parse is not None
 
 
 class TestDefaults:

@@ -13,14 +13,20 @@ from typing import Any, cast
 from typing_extensions import TypedDict
 
 __all__ = (
+    "OPTIONAL_POSITIVE_SECONDS",
+    "OPTIONAL_WHOLE_AT_LEAST_1",
+    "SECONDS",
+    "WHOLE_AT_LEAST_0",
     "PoolSettings",
     "ProcessOptions",
     "ProcessSettings",
     "ThreadOptions",
+    "Setting",
     "ThreadSettings",
     "default_start_method",
     "env_name",
     "resolve",
+    "setting_of",
     "validate",
 )
 
@@ -37,82 +43,33 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PoolSettings:
-    """The settings every pool has, as resolved for one event loop.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """What one setting accepts: its check, the words for a valid value, its environment text.
 
-    Attributes:
-        max_workers: at most this many calls of the pool run at once.
-        max_pending: at most this many calls wait for a worker; past it a call fails at once
-            with :exc:`~offload.Overloaded`. ``None`` (the default) is unbounded.
-        idle_timeout: seconds after which an idle worker exits.
-        shutdown_timeout: seconds the end of the loop (or ``aclose()``) waits for running
-            calls before it warns, naming what still runs.
+    Each setting is defined once, as a field of :class:`PoolSettings` (or a subclass) whose
+    metadata holds its ``Setting``: explicit values and environment variables are checked
+    by it, and error messages say what it wants. (The ``TypedDict`` s of keyword arguments
+    repeat the names and types for type checkers; a test holds them equal.)
     """
 
-    max_workers: int
-    max_pending: int | None = None
-    idle_timeout: float = 10.0
-    shutdown_timeout: float = 10.0
+    check: Callable[[object], Any]  # returns the value to keep; TypeError/ValueError if bad
+    wanted: str  # "it must be ..."
+    parse: Callable[[str], object] | None = None  # environment text -> value; None: not read
 
+    def explain(self) -> str:
+        """Return what a valid value is, for an error message."""
+        if "{methods}" in self.wanted:
+            import multiprocessing
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ThreadSettings(PoolSettings):
-    """The settings of a :class:`~offload.ThreadPool`."""
+            return self.wanted.format(methods=", ".join(multiprocessing.get_all_start_methods()))
 
+        return self.wanted
 
-def default_start_method() -> str:
-    """Return ``forkserver`` where the platform has it, else ``spawn``."""
-    import multiprocessing
-
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessSettings(PoolSettings):
-    """The settings of a :class:`~offload.ProcessPool`.
-
-    Attributes:
-        max_tasks_per_worker: a worker process exits after this many calls and a fresh one
-            replaces it (``None``, the default: never).
-        start_method: how worker processes start: ``forkserver`` (the default where
-            available), ``spawn`` or ``fork``.
-        initializer: called once in each worker process as it starts, with ``initargs``.
-        initargs: the arguments of ``initializer``.
-    """
-
-    max_tasks_per_worker: int | None = None
-    start_method: str = dataclasses.field(default_factory=default_start_method)
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-
-
-class ThreadOptions(TypedDict, total=False):
-    """Keyword arguments that set a thread pool's settings (see :class:`PoolSettings`)."""
-
-    max_workers: int
-    max_pending: int | None
-    idle_timeout: float
-    shutdown_timeout: float
-
-
-class ProcessOptions(TypedDict, total=False):
-    """Keyword arguments that set a process pool's settings (see :class:`ProcessSettings`)."""
-
-    max_workers: int
-    max_pending: int | None
-    idle_timeout: float
-    shutdown_timeout: float
-    max_tasks_per_worker: int | None
-    start_method: str
-    initializer: Callable[..., object] | None
-    initargs: tuple[Any, ...]
-
-
-def env_name(pool: str, setting: str) -> str:
-    """Return the environment variable that sets ``setting`` for the pool named ``pool``."""
-    return f"OFFLOAD_{re.sub('[^A-Z0-9]', '_', pool.upper())}_{setting.upper()}"
+    @property
+    def meta(self) -> dict[str, Setting]:
+        """The metadata of the dataclass field that this setting defines."""
+        return {"setting": self}
 
 
 def _whole(value: object, minimum: int) -> int:
@@ -143,12 +100,11 @@ def _positive_seconds(value: object) -> float:
     return seconds
 
 
-def _optional_whole(value: object) -> int | None:
-    return None if value is None else _whole(value, 0)
+def _optional(check: Callable[[object], Any]) -> Callable[[object], Any]:
+    def optional(value: object) -> Any:
+        return None if value is None else check(value)
 
-
-def _optional_positive(value: object) -> int | None:
-    return None if value is None else _whole(value, 1)
+    return optional
 
 
 def _start_method(value: object) -> str:
@@ -174,52 +130,133 @@ def _initargs(value: object) -> tuple[Any, ...]:
     return tuple(cast("tuple[Any, ...]", value))
 
 
-# For each setting: how to check an explicit value, what a valid value is (for the message),
-# and how to read one from an environment variable's text.
-_CHECKS: dict[str, tuple[Callable[[object], Any], str]] = {
-    "max_workers": (lambda v: _whole(v, 1), "a whole number of at least 1"),
-    "max_pending": (_optional_whole, "a whole number of at least 0, or None for unbounded"),
-    "idle_timeout": (_positive_seconds, "a number of seconds greater than 0"),
-    "shutdown_timeout": (_seconds, "a number of seconds, 0 or more"),
-    "max_tasks_per_worker": (
-        _optional_positive,
-        "a whole number of at least 1, or None for no limit",
-    ),
-    "start_method": (_start_method, "one of this platform's start methods: {methods}"),
-    "initializer": (_initializer, "a callable, or None"),
-    "initargs": (_initargs, "a tuple of arguments"),
+def _text_or_none(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def parse_optional(text: str) -> object:
+        return None if text.lower() in ("", "none", "unbounded") else parse(text)
+
+    return parse_optional
+
+
+WHOLE_AT_LEAST_1 = Setting(lambda v: _whole(v, 1), "a whole number of at least 1", int)
+WHOLE_AT_LEAST_0 = Setting(lambda v: _whole(v, 0), "a whole number, 0 or more", int)
+OPTIONAL_WHOLE_AT_LEAST_1 = Setting(
+    _optional(WHOLE_AT_LEAST_1.check),
+    "a whole number of at least 1, or None for no limit",
+    _text_or_none(int),
+)
+SECONDS = Setting(_seconds, "a number of seconds, 0 or more", float)
+POSITIVE_SECONDS = Setting(_positive_seconds, "a number of seconds greater than 0", float)
+OPTIONAL_POSITIVE_SECONDS = Setting(
+    _optional(_positive_seconds), "a number of seconds greater than 0, or None", None
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """The settings every pool has, as resolved for one event loop.
+
+    Attributes:
+        max_workers: at most this many calls of the pool run at once.
+        max_pending: at most this many calls wait for a worker; past it a call fails at once
+            with :exc:`~offload.Overloaded`. ``None`` (the default) is unbounded.
+        idle_timeout: seconds after which an idle worker exits.
+        shutdown_timeout: seconds the end of the loop (or ``aclose()``) waits for running
+            calls before it warns, naming what still runs.
+    """
+
+    max_workers: int = dataclasses.field(metadata=WHOLE_AT_LEAST_1.meta)
+    max_pending: int | None = dataclasses.field(
+        default=None,
+        metadata=Setting(
+            _optional(WHOLE_AT_LEAST_0.check),
+            "a whole number of at least 0, or None for unbounded",
+            _text_or_none(int),
+        ).meta,
+    )
+    idle_timeout: float = dataclasses.field(default=10.0, metadata=POSITIVE_SECONDS.meta)
+    shutdown_timeout: float = dataclasses.field(default=10.0, metadata=SECONDS.meta)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadSettings(PoolSettings):
+    """The settings of a :class:`~offload.ThreadPool`."""
+
+
+def default_start_method() -> str:
+    """Return ``forkserver`` where the platform has it, else ``spawn``."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+_START_METHOD = Setting(_start_method, "one of this platform's start methods: {methods}", str)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSettings(PoolSettings):
+    """The settings of a :class:`~offload.ProcessPool`.
+
+    Attributes:
+        max_tasks_per_worker: a worker process exits after this many calls and a fresh one
+            replaces it (``None``, the default: never).
+        start_method: how worker processes start: ``forkserver`` (the default where
+            available), ``spawn`` or ``fork``.
+        initializer: called once in each worker process as it starts, with ``initargs``.
+        initargs: the arguments of ``initializer``.
+    """
+
+    max_tasks_per_worker: int | None = dataclasses.field(
+        default=None, metadata=OPTIONAL_WHOLE_AT_LEAST_1.meta
+    )
+    start_method: str = dataclasses.field(
+        default_factory=default_start_method, metadata=_START_METHOD.meta
+    )
+    # A function cannot come from an environment variable: these two are explicit only.
+    initializer: Callable[..., object] | None = dataclasses.field(
+        default=None, metadata=Setting(_initializer, "a callable, or None").meta
+    )
+    initargs: tuple[Any, ...] = dataclasses.field(
+        default=(), metadata=Setting(_initargs, "a tuple of arguments").meta
+    )
+
+
+class ThreadOptions(TypedDict, total=False):
+    """Keyword arguments that set a thread pool's settings (see :class:`PoolSettings`)."""
+
+    max_workers: int
+    max_pending: int | None
+    idle_timeout: float
+    shutdown_timeout: float
+
+
+class ProcessOptions(TypedDict, total=False):
+    """Keyword arguments that set a process pool's settings (see :class:`ProcessSettings`)."""
+
+    max_workers: int
+    max_pending: int | None
+    idle_timeout: float
+    shutdown_timeout: float
+    max_tasks_per_worker: int | None
+    start_method: str
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+
+
+def setting_of(field: dataclasses.Field[Any]) -> Setting:
+    """Return the :class:`Setting` a settings field carries."""
+    return cast(Setting, field.metadata["setting"])
+
+
+# Every setting of every pool kind, by name (the widest kind holds them all).
+_SETTINGS: dict[str, Setting] = {
+    field.name: setting_of(field) for field in dataclasses.fields(ProcessSettings)
 }
 
-# Settings that only explicit arguments set (no environment variable can hold a function).
-_NOT_FROM_ENVIRONMENT = frozenset({"initializer", "initargs"})
 
-
-def _wanted(setting: str) -> str:
-    wanted = _CHECKS[setting][1]
-    if "{methods}" in wanted:
-        import multiprocessing
-
-        wanted = wanted.format(methods=", ".join(multiprocessing.get_all_start_methods()))
-
-    return wanted
-
-
-def _from_text(setting: str, text: str) -> object:
-    text = text.strip()
-    if setting in ("max_pending", "max_tasks_per_worker") and text.lower() in (
-        "",
-        "none",
-        "unbounded",
-    ):
-        return None
-
-    if setting == "start_method":
-        return text
-
-    if setting in ("max_workers", "max_pending", "max_tasks_per_worker"):
-        return int(text)
-
-    return float(text)
+def env_name(pool: str, setting: str) -> str:
+    """Return the environment variable that sets ``setting`` for the pool named ``pool``."""
+    return f"OFFLOAD_{re.sub('[^A-Z0-9]', '_', pool.upper())}_{setting.upper()}"
 
 
 def validate(pool: str, fields: tuple[str, ...], settings: Mapping[str, object]) -> dict[str, Any]:
@@ -231,12 +268,12 @@ def validate(pool: str, fields: tuple[str, ...], settings: Mapping[str, object])
                 f"{key!r} is not a setting of pool {pool!r}; its settings are: {', '.join(fields)}"
             )
 
-        check = _CHECKS[key][0]
+        setting = _SETTINGS[key]
         try:
-            checked[key] = check(value)
+            checked[key] = setting.check(value)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{key}={value!r} is not valid for pool {pool!r}: it must be {_wanted(key)}"
+                f"{key}={value!r} is not valid for pool {pool!r}: it must be {setting.explain()}"
             ) from None
 
     return checked
@@ -258,18 +295,18 @@ def resolve(
     environ = os.environ if environ is None else environ
     values = dict(defaults)
     for field in dataclasses.fields(kind):
+        setting = setting_of(field)
         name = env_name(pool, field.name)
         text = environ.get(name)
-        if text is None or field.name in _NOT_FROM_ENVIRONMENT:
+        if text is None or setting.parse is None:
             continue
 
-        check = _CHECKS[field.name][0]
         try:
-            values[field.name] = check(_from_text(field.name, text))
+            values[field.name] = setting.check(setting.parse(text.strip()))
         except (TypeError, ValueError):
             raise ValueError(
                 f"environment variable {name}={text!r} is not valid: {field.name} must be "
-                f"{_wanted(field.name)}"
+                f"{setting.explain()}"
             ) from None
 
     values.update(explicit)
