@@ -218,6 +218,7 @@ class Workers(Protocol):
 
     @property
     def workers(self) -> int: ...
+    def gauges(self) -> tuple[int, int, int, int]: ...
     @property
     def pending(self) -> int: ...
     def submit(self, job: Job, max_pending: int | None, /) -> bool: ...
@@ -246,7 +247,6 @@ class _Runtime(Generic[SettingsT]):
         )
         self.counters = Counters()
         self.pending = 0  # calls waiting for their function's limit
-        self.abandoned = 0
         self.running: set[Job] = set()
         self._done: deque[Job | _Step] = deque()
         self._wake_scheduled = False
@@ -308,9 +308,7 @@ class _Runtime(Generic[SettingsT]):
             if seconds > timing.max:
                 timing.max = seconds
 
-        if job.abandoned:
-            self.abandoned -= 1
-        elif not job.waiter.done():
+        if not job.abandoned and not job.waiter.done():
             job.delivered = True
             error = job.error
             if error is None:
@@ -426,7 +424,6 @@ class _Runtime(Generic[SettingsT]):
             await self._wait_for_worker(job)
         else:
             job.abandoned = True
-            self.abandoned += 1
             if options.cancel == "kill":
                 self._kill(job, options.grace)
 
@@ -614,9 +611,8 @@ class _Runtime(Generic[SettingsT]):
 
     def gauges(self) -> tuple[int, int, int, int]:
         """Return (workers, busy, pending, abandoned)."""
-        workers = self.workers
-        pending = workers.pending
-        return workers.workers, len(self.running) - pending, self.pending + pending, self.abandoned
+        workers, busy, pending, abandoned = self.workers.gauges()
+        return workers, busy, self.pending + pending, abandoned
 
 
 def _timeout_error(pool: str, function: str, timeout: float) -> TimeoutError:
