@@ -331,6 +331,9 @@ class _Runtime(Generic[SettingsT]):
     def _closed_error(self) -> PoolClosed:
         return PoolClosed(self.name)
 
+    def _closing(self) -> bool:
+        return self.state is not _State.RUNNING
+
     def _fn_limiter(self, options: _Options) -> Limiter:
         limiter = self.fn_limiters.get(options)
         if limiter is None:
@@ -339,8 +342,12 @@ class _Runtime(Generic[SettingsT]):
 
         return limiter
 
-    async def _admit(self, options: _Options, scope: anyio.CancelScope | None) -> Limiter:
-        """Take a slot of the function's ``limit``, waiting in line for it."""
+    async def _admit(self, options: _Options, tally: _Tally | None) -> Limiter:
+        """Take a slot of the function's ``limit``, waiting in line for it.
+
+        A call that waits is submitted from then on (and ends with one outcome), so that
+        ``submitted`` is always the outcomes plus the calls in flight.
+        """
         if self.state is not _State.RUNNING:
             raise PoolClosed(self.name)
 
@@ -355,21 +362,30 @@ class _Runtime(Generic[SettingsT]):
             raise Overloaded(self.name, max_pending)
 
         self.pending += 1
+        self.counters.submitted += 1
         try:
             await fn_limiter.acquire(self._closed_error)
         except BaseException:
-            self._count_cancelled(scope)
+            self._count_cancelled(tally)
             raise
         finally:
             self.pending -= 1
 
+        if self._closing():  # closed as the slot was handed over
+            fn_limiter.release()
+            self._count_cancelled(tally)
+            raise PoolClosed(self.name)
+
+        self.counters.submitted -= 1  # _submit counts it again as it hands the call on
         return fn_limiter
 
-    def _count_cancelled(self, scope: anyio.CancelScope | None) -> None:
-        if scope is not None and scope.cancel_called:
-            self.counters.timed_out += 1
-        else:
+    def _count_cancelled(self, tally: _Tally | None) -> None:
+        """Count a submitted call whose caller stopped waiting (cancelled, timed out, or
+        turned away by a closing pool)."""
+        if tally is None:
             self.counters.cancelled += 1
+        else:
+            tally.counters = self.counters
 
     def _submit(
         self,
@@ -406,12 +422,10 @@ class _Runtime(Generic[SettingsT]):
         self.counters.submitted += 1
         return job
 
-    async def _cancelled(
-        self, job: Job, options: _Options, scope: anyio.CancelScope | None
-    ) -> None:
+    async def _cancelled(self, job: Job, options: _Options, tally: _Tally | None) -> None:
         """The awaiter of a submitted call was cancelled: apply the function's policy."""
         job.cancelled = True
-        self._count_cancelled(scope)
+        self._count_cancelled(tally)
         if job not in self.running:
             return  # the worker is done with it already
 
@@ -474,7 +488,6 @@ class _Runtime(Generic[SettingsT]):
         )
         op, value = "send", None
         ended = False
-        scope: anyio.CancelScope | None = None
         try:
             while True:
                 step = _Step(self.loop.new_waiter())
@@ -483,7 +496,6 @@ class _Runtime(Generic[SettingsT]):
                     await step.waiter
                 else:
                     with anyio.CancelScope(deadline=anyio.current_time() + options.timeout) as sc:
-                        scope = sc
                         await step.waiter
 
                     if sc.cancelled_caught:
@@ -512,11 +524,13 @@ class _Runtime(Generic[SettingsT]):
             requests.put(("close", None, None))
             await self._wait_for_worker(job)
             raise
-        except BaseException:
+        except BaseException as exc:
             if not ended:
                 ended = True
                 requests.put(("close", None, None))
-                await self._cancelled(job, options, scope)
+                tally = _Tally()
+                await self._cancelled(job, options, tally)
+                tally.count(timed_out=isinstance(exc, TimeoutError))
 
             raise
         finally:
@@ -613,6 +627,26 @@ class _Runtime(Generic[SettingsT]):
         """Return (workers, busy, pending, abandoned)."""
         workers, busy, pending, abandoned = self.workers.gauges()
         return workers, busy, self.pending + pending, abandoned
+
+
+class _Tally:
+    """Counts the cancellation of a call that has a ``timeout`` once its caller's view is
+    known: ``timed_out`` if the caller gets ``TimeoutError``, else ``cancelled`` (an outer
+    scope may cancel the call after its deadline passed, and win)."""
+
+    __slots__ = ("counters",)
+
+    def __init__(self) -> None:
+        self.counters: Counters | None = None  # set while a cancellation awaits its count
+
+    def count(self, timed_out: bool) -> None:
+        counters = self.counters
+        if counters is not None:
+            self.counters = None
+            if timed_out:
+                counters.timed_out += 1
+            else:
+                counters.cancelled += 1
 
 
 def _timeout_error(pool: str, function: str, timeout: float) -> TimeoutError:
@@ -712,9 +746,15 @@ class _Pool(Generic[SettingsT]):
         if timeout is None:
             return await self._run(options, fn, args, kwargs)
 
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            return await self._run(options, fn, args, kwargs, scope)
+        tally = _Tally()
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
+                return await self._run(options, fn, args, kwargs, tally)
+        except BaseException:
+            tally.count(timed_out=False)  # the caller sees a cancellation (or PoolClosed)
+            raise
 
+        tally.count(timed_out=True)
         raise _timeout_error(self._name, _qualname(fn), timeout)
 
     def call(
@@ -743,7 +783,7 @@ class _Pool(Generic[SettingsT]):
         fn: Callable[..., R],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        scope: anyio.CancelScope | None = None,
+        tally: _Tally | None = None,
     ) -> R:
         """Run one call in this loop's workers and return (or raise) its outcome.
 
@@ -759,7 +799,7 @@ class _Pool(Generic[SettingsT]):
         if options.limit is None:  # no coroutine for the limiter
             fn_limiter = None
         else:
-            fn_limiter = await runtime._admit(options, scope)
+            fn_limiter = await runtime._admit(options, tally)
 
         job = runtime._submit(fn, args, kwargs, fn_limiter, queued)
         if options.retries:
@@ -777,7 +817,7 @@ class _Pool(Generic[SettingsT]):
 
                 raise
 
-            await runtime._cancelled(job, options, scope)
+            await runtime._cancelled(job, options, tally)
             raise
 
         runtime.counters.completed += 1
