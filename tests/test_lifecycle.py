@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, new_pool, spin_until, until
+from _support import WAIT, Gate, cancel_when, new_pool, spin_until, until
 
 
 def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
@@ -23,6 +24,16 @@ def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
 
 async def nap(pool: offload.ThreadPool) -> None:
     await pool.call(threading.Event().wait, 0.01)
+
+
+async def abandon_once_running(
+    pool: offload.ThreadPool, fn: Callable[[], None], entered: threading.Event
+) -> None:
+    """Call ``fn`` in ``pool`` and cancel the call once it runs (the thread is abandoned)."""
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when, entered.is_set, scope)
+            await pool.call(fn)
 
 
 BACKENDS = [
@@ -95,15 +106,16 @@ class TestEndOfRun:
         finished = threading.Event()
         timer = threading.Timer(0.05, release.set)
 
+        entered = threading.Event()
+
         def slow() -> None:
+            entered.set()
             release.wait(WAIT)
             finished.set()
 
         async def main() -> None:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                # abandoned at once; the thread runs on past the end of main()
-                await pool.call(slow)
+            # abandoned once it runs; the thread runs on past the end of main()
+            await abandon_once_running(pool, slow, entered)
 
             timer.start()
 
@@ -154,14 +166,14 @@ class TestEndOfRun:
         """Past ``shutdown_timeout`` a warning names the function, and ``run`` returns."""
         pool = new_pool(shutdown_timeout=0.05)
         release = threading.Event()
+        entered = threading.Event()
 
         def wedged_function() -> None:
+            entered.set()
             release.wait(WAIT)
 
         async def main() -> None:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                await pool.call(wedged_function)
+            await abandon_once_running(pool, wedged_function, entered)
 
         with caplog.at_level(logging.WARNING, logger="offload"):
             anyio.run(main, backend=backend, backend_options=options)
@@ -183,10 +195,18 @@ class TestEndOfRun:
 
             pool = offload.ThreadPool("stuck", shutdown_timeout=0.1)
 
+            entered = threading.Event()
+
+            def stuck():
+                entered.set()
+                threading.Event().wait()  # waits forever
+
             async def main():
-                with __import__("anyio").CancelScope() as scope:
-                    scope.cancel()
-                    await pool.call(threading.Event().wait)  # waits forever
+                task = asyncio.create_task(pool.call(stuck))
+                while not entered.is_set():
+                    await asyncio.sleep(0.001)
+
+                task.cancel()  # abandoned: the thread runs on
 
             asyncio.run(main())
             print("run returned")
@@ -197,7 +217,8 @@ class TestEndOfRun:
         )
         assert done.returncode == 0, done.stderr
         assert "run returned" in done.stdout
-        assert "Event.wait" in done.stderr or "wait" in done.stderr
+        assert "still running" in done.stderr
+        assert "stuck" in done.stderr
 
 
 class TestAclose:

@@ -9,8 +9,10 @@ uvloop), ``wait_task_rescheduled`` and ``TrioToken.run_sync_soon`` on trio.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import math
 import sys
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 __all__ = ("Loop", "Waiter", "current_loop")
@@ -37,11 +39,15 @@ class Waiter(Protocol):
 class Loop:
     """A handle on one running event loop: its identity, waiters and thread-safe calls."""
 
-    __slots__ = ("call_soon_threadsafe", "key", "new_waiter")
+    __slots__ = ("call_soon_threadsafe", "checkpoint_if_cancelled", "key", "new_waiter")
 
     key: object
     new_waiter: Callable[[], Waiter]
     call_soon_threadsafe: Callable[[Callable[[], object]], object]
+    # Raise the running task's cancellation if a cancel scope around it was cancelled
+    # already; else return at once, without letting other tasks run (anyio's and trio's
+    # ``checkpoint_if_cancelled``, at the least cost the backend allows).
+    checkpoint_if_cancelled: Callable[[], Awaitable[None]]
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         """Start ``fn()`` as a task that lives until the loop's run ends, then is cancelled."""
@@ -68,18 +74,24 @@ class _AsyncioLoop(Loop):
         self._tasks: set[asyncio.Task[None]] = set()
         self.new_waiter = loop.create_future
         self.call_soon_threadsafe = loop.call_soon_threadsafe
+        self.checkpoint_if_cancelled = _anyio_checkpoint_if_cancelled()
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # ``asyncio.run`` (and ``asyncio.Runner``, which anyio and pytest use) cancels every
         # task left when the main coroutine ends, and runs the loop until they finish: this
-        # task's cleanup runs then, before ``run`` returns.
-        task = self._loop.create_task(fn(), name="offload lifecycle")
+        # task's cleanup runs then, before ``run`` returns. It starts in an empty context:
+        # a task keeps the context it starts in, and the caller's (a request object in a
+        # contextvar) must not live as long as the loop.
+        return contextvars.Context().run(self._spawn, fn())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> object:
+        task = self._loop.create_task(coro, name="offload lifecycle")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> None:
-        self._loop.call_later(delay, fn)
+        contextvars.Context().run(self._loop.call_later, delay, fn)
 
 
 class _TrioWaiter:
@@ -152,6 +164,7 @@ class _TrioLoop(Loop):
         self.key = token
         self.new_waiter = _TrioWaiter
         self.call_soon_threadsafe = token.run_sync_soon
+        self.checkpoint_if_cancelled = _trio().lowlevel.checkpoint_if_cancelled
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # System tasks are cancelled when the main task ends, and trio.run waits for them.
@@ -160,6 +173,27 @@ class _TrioLoop(Loop):
 
 def _trio() -> Any:
     return sys.modules["trio"]
+
+
+def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
+    """Return anyio's ``checkpoint_if_cancelled`` for asyncio, made cheap when the task is
+    not cancelled: a synchronous look at its cancel scopes first, with the backend looked up
+    once (``EventLoopToken.backend_class``) instead of per call."""
+    import anyio
+    import anyio.lowlevel
+
+    backend = getattr(anyio.lowlevel.current_token(), "backend_class", None)
+    deadline: Callable[[], float] = (
+        anyio.current_effective_deadline if backend is None else backend.current_effective_deadline
+    )
+    checkpoint = anyio.lowlevel.checkpoint_if_cancelled
+    cancelled = -math.inf  # the effective deadline inside a cancelled scope
+
+    async def checkpoint_if_cancelled() -> None:
+        if deadline() == cancelled:
+            await checkpoint()
+
+    return checkpoint_if_cancelled
 
 
 _get_running_loop = asyncio._get_running_loop

@@ -257,7 +257,10 @@ class _Runtime(Generic[SettingsT]):
         self._workers_submit = self.workers.submit
         self._new_waiter = loop.new_waiter
         self._copies_context = pool._copies_context
-        loop.spawn_system_task(self._guard)
+        self.checkpoint_if_cancelled = loop.checkpoint_if_cancelled
+        # The guard holds the runtime weakly: a closed pool that nobody references is
+        # collected (and frees its name) while the loop runs on.
+        loop.spawn_system_task(functools.partial(_guard, weakref.ref(self)))
 
     # -- completions: worker threads -> loop ----------------------------------------------
 
@@ -322,7 +325,11 @@ class _Runtime(Generic[SettingsT]):
 
                 job.waiter.set_exception(error)
 
+        # Nothing of the call outlives it: the worker thread may still hold the job a moment.
         job.value = job.args = job.kwargs = job.context = None  # type: ignore[assignment]
+        job.fn = job.waiter = None  # type: ignore[assignment]
+        if not job.delivered:
+            job.error = None
         if self._drained is not None and not self.running and not self._drained.done():
             self._drained.set_result(None)
 
@@ -378,6 +385,12 @@ class _Runtime(Generic[SettingsT]):
 
         self.counters.submitted -= 1  # _submit counts it again as it hands the call on
         return fn_limiter
+
+    def _refused(self, tally: _Tally | None) -> None:
+        """Count a call whose caller was cancelled before it reached a worker: submitted and
+        cancelled, as its caller sees it."""
+        self.counters.submitted += 1
+        self._count_cancelled(tally)
 
     def _count_cancelled(self, tally: _Tally | None) -> None:
         """Count a submitted call whose caller stopped waiting (cancelled, timed out, or
@@ -476,6 +489,12 @@ class _Runtime(Generic[SettingsT]):
     ) -> AsyncGenerator[Y, Any]:
         """Drive a sync generator that lives on one worker thread, item by item."""
         queued = perf_counter()
+        try:  # never start a generator for a caller that is gone already
+            await self.checkpoint_if_cancelled()
+        except BaseException:
+            self._refused(None)
+            raise
+
         fn_limiter = None if options.limit is None else await self._admit(options, None)
         requests: SimpleQueue[tuple[str, Any, _Step | None]] = SimpleQueue()
         job = self._submit(
@@ -544,15 +563,6 @@ class _Runtime(Generic[SettingsT]):
         """Apply changed explicit settings; runs on this loop's thread."""
         self.settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
         self.workers.reconfigure(self.settings)
-
-    async def _guard(self) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.aclose(loop_ending=True)
-
-            self.pool._retire(self)
 
     async def aclose(self, loop_ending: bool = False) -> None:
         """Close: turn pending calls away, give running ones ``shutdown_timeout``, stop
@@ -627,6 +637,19 @@ class _Runtime(Generic[SettingsT]):
         """Return (workers, busy, pending, abandoned)."""
         workers, busy, pending, abandoned = self.workers.gauges()
         return workers, busy, self.pending + pending, abandoned
+
+
+async def _guard(ref: weakref.ReferenceType[_Runtime[Any]]) -> None:
+    """Close a runtime when its loop's run ends (a system task of that loop)."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        runtime = ref()
+        if runtime is not None:
+            with anyio.CancelScope(shield=True):
+                await runtime.aclose(loop_ending=True)
+
+            runtime.pool._retire(runtime)
 
 
 class _Tally:
@@ -795,6 +818,12 @@ class _Pool(Generic[SettingsT]):
         runtime = self._last
         if runtime is None or runtime.key is not key:
             runtime = self._runtime()
+
+        try:  # a caller cancelled already uses no worker (as anyio's and trio's to_thread)
+            await runtime.checkpoint_if_cancelled()
+        except BaseException:
+            runtime._refused(tally)
+            raise
 
         if options.limit is None:  # no coroutine for the limiter
             fn_limiter = None
