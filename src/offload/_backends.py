@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ("Loop", "Waiter", "current_loop")
+__all__ = ("CANCELLED", "Loop", "Waiter", "current_loop")
 
 if TYPE_CHECKING:
     import trio
@@ -39,15 +39,24 @@ class Waiter(Protocol):
 class Loop:
     """A handle on one running event loop: its identity, waiters and thread-safe calls."""
 
-    __slots__ = ("call_soon_threadsafe", "checkpoint_if_cancelled", "key", "new_waiter")
+    __slots__ = (
+        "call_soon_threadsafe",
+        "checkpoint_if_cancelled",
+        "effective_deadline",
+        "key",
+        "new_waiter",
+    )
 
     key: object
     new_waiter: Callable[[], Waiter]
     call_soon_threadsafe: Callable[[Callable[[], object]], object]
     # Raise the running task's cancellation if a cancel scope around it was cancelled
     # already; else return at once, without letting other tasks run (anyio's and trio's
-    # ``checkpoint_if_cancelled``, at the least cost the backend allows).
+    # ``checkpoint_if_cancelled``).
     checkpoint_if_cancelled: Callable[[], Awaitable[None]]
+    # Where a synchronous look is cheaper than that checkpoint (asyncio): the running task's
+    # effective deadline, ``CANCELLED`` inside a cancelled scope. None: always checkpoint.
+    effective_deadline: Callable[[], float] | None
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         """Start ``fn()`` as a task that lives until the loop's run ends, then is cancelled."""
@@ -74,7 +83,17 @@ class _AsyncioLoop(Loop):
         self._tasks: set[asyncio.Task[None]] = set()
         self.new_waiter = loop.create_future
         self.call_soon_threadsafe = loop.call_soon_threadsafe
-        self.checkpoint_if_cancelled = _anyio_checkpoint_if_cancelled()
+        # anyio's, with the backend looked up once (EventLoopToken.backend_class) and not
+        # per call; the checkpoint only runs when the deadline says the task is cancelled.
+        import anyio.lowlevel
+
+        backend = getattr(anyio.lowlevel.current_token(), "backend_class", None)
+        self.effective_deadline = (
+            anyio.current_effective_deadline
+            if backend is None
+            else backend.current_effective_deadline
+        )
+        self.checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # ``asyncio.run`` (and ``asyncio.Runner``, which anyio and pytest use) cancels every
@@ -165,6 +184,7 @@ class _TrioLoop(Loop):
         self.new_waiter = _TrioWaiter
         self.call_soon_threadsafe = token.run_sync_soon
         self.checkpoint_if_cancelled = _trio().lowlevel.checkpoint_if_cancelled
+        self.effective_deadline = None  # trio's checkpoint is the cheaper look
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # System tasks are cancelled when the main task ends, and trio.run waits for them.
@@ -175,25 +195,7 @@ def _trio() -> Any:
     return sys.modules["trio"]
 
 
-def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
-    """Return anyio's ``checkpoint_if_cancelled`` for asyncio, made cheap when the task is
-    not cancelled: a synchronous look at its cancel scopes first, with the backend looked up
-    once (``EventLoopToken.backend_class``) instead of per call."""
-    import anyio
-    import anyio.lowlevel
-
-    backend = getattr(anyio.lowlevel.current_token(), "backend_class", None)
-    deadline: Callable[[], float] = (
-        anyio.current_effective_deadline if backend is None else backend.current_effective_deadline
-    )
-    checkpoint = anyio.lowlevel.checkpoint_if_cancelled
-    cancelled = -math.inf  # the effective deadline inside a cancelled scope
-
-    async def checkpoint_if_cancelled() -> None:
-        if deadline() == cancelled:
-            await checkpoint()
-
-    return checkpoint_if_cancelled
+CANCELLED = -math.inf  # the effective deadline inside a cancelled scope
 
 
 _get_running_loop = asyncio._get_running_loop

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 import anyio
 from typing_extensions import ParamSpec, Self, Unpack
 
-from ._backends import Loop, Waiter, current_key, current_loop
+from ._backends import CANCELLED, Loop, Waiter, current_key, current_loop
 from ._exceptions import Overloaded, PoolClosed, WorkerCrashed
 from ._job import Job, qualname
 from ._limiter import Limiter
@@ -258,6 +258,7 @@ class _Runtime(Generic[SettingsT]):
         self._new_waiter = loop.new_waiter
         self._copies_context = pool._copies_context
         self.checkpoint_if_cancelled = loop.checkpoint_if_cancelled
+        self.effective_deadline = loop.effective_deadline
         # The guard holds the runtime weakly: a closed pool that nobody references is
         # collected (and frees its name) while the loop runs on.
         loop.spawn_system_task(functools.partial(_guard, weakref.ref(self)))
@@ -490,7 +491,9 @@ class _Runtime(Generic[SettingsT]):
         """Drive a sync generator that lives on one worker thread, item by item."""
         queued = perf_counter()
         try:  # never start a generator for a caller that is gone already
-            await self.checkpoint_if_cancelled()
+            deadline = self.effective_deadline
+            if deadline is None or deadline() == CANCELLED:
+                await self.checkpoint_if_cancelled()
         except BaseException:
             self._refused(None)
             raise
@@ -820,7 +823,9 @@ class _Pool(Generic[SettingsT]):
             runtime = self._runtime()
 
         try:  # a caller cancelled already uses no worker (as anyio's and trio's to_thread)
-            await runtime.checkpoint_if_cancelled()
+            deadline = runtime.effective_deadline
+            if deadline is None or deadline() == CANCELLED:
+                await runtime.checkpoint_if_cancelled()
         except BaseException:
             runtime._refused(tally)
             raise
