@@ -55,6 +55,17 @@ def touch(path: str) -> None:
     Path(path).write_text("ran")
 
 
+def wait_for(path: str) -> str:
+    """Block in a worker until ``path`` exists."""
+    for _ in range(10_000):
+        if Path(path).exists():
+            return path
+
+        threading.Event().wait(0.001)
+
+    raise TimeoutError(f"{path} never appeared")
+
+
 class Payload:
     """A picklable object that can be watched with a weak reference."""
 
@@ -315,3 +326,29 @@ class TestMissingMainFile:
             assert await pool.call(abs, -5) == 5
 
         assert main.__file__ == str(tmp_path / "gone.py")
+
+    async def test_workers_start_together(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """Several workers starting at once all start, and ``__main__.__file__`` is back after."""
+        main = sys.modules["__main__"]
+        missing = str(tmp_path / "gone.py")
+        monkeypatch.setattr(main, "__spec__", None)
+        monkeypatch.setattr(main, "__file__", missing, raising=False)
+        pool = make_pool("process", max_workers=3)
+        release = tmp_path / "release"
+        results: list[str] = []
+
+        async def one() -> None:
+            results.append(await pool.call(wait_for, str(release)))
+
+        async with pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+
+                await until(lambda: pool.stats().busy == 3, "three workers busy")
+                release.write_text("go")
+
+        assert results == [str(release)] * 3
+        assert main.__file__ == missing

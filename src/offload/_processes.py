@@ -254,6 +254,7 @@ def child_main(
 # -- the parent's side ------------------------------------------------------------------------
 
 _main_lock = threading.Lock()
+_main_hidden = False  # a thread has hidden ``__main__.__file__`` while it starts a worker
 
 
 @contextlib.contextmanager
@@ -263,25 +264,33 @@ def _main_path_checked() -> Generator[None, None, None]:
     A ``spawn`` or ``forkserver`` child re-runs the parent's main script from that path, and
     fails to start when it does not exist, as some launchers set it (anyio issue #696).
     anyio's workers skip such a path; multiprocessing reads it from the module, so it is
-    hidden while the worker starts, and put back.
+    hidden while the worker starts, and put back. Worker threads that start processes at the
+    same time take turns only then.
     """
+    global _main_hidden
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if (
-        main is None
-        or not isinstance(path, str)
-        or getattr(main.__spec__, "name", None) is not None  # ``-m``: found by name
-        or os.path.isfile(path)
-    ):
+    if main is None or getattr(main.__spec__, "name", None) is not None:  # ``-m``: by name
         yield
         return
 
+    path = getattr(main, "__file__", None)
+    if (path is None and not _main_hidden) or (isinstance(path, str) and os.path.isfile(path)):
+        yield  # no script (``-c``, a notebook), or one that exists: the common cases
+        return
+
     with _main_lock:
-        del main.__file__
+        path = getattr(main, "__file__", None)
+        hide = isinstance(path, str) and not os.path.isfile(path)
+        if hide:
+            _main_hidden = True
+            del main.__file__
+
         try:
             yield
         finally:
-            main.__file__ = path
+            if hide:
+                main.__file__ = path
+                _main_hidden = False
 
 
 class _Process:
