@@ -133,3 +133,59 @@ def spin_until(predicate: Callable[[], bool], what: str) -> None:
         deadline.wait(0.001)
 
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class StatsWatch:
+    """Checks a pool's ``stats()`` invariants whenever a test asks, and keeps what broke.
+
+    The test says when each call begins and when it ends for its caller; in between, any
+    snapshot must show ``busy <= max_workers``, ``pending <= max_pending``, ``abandoned <=
+    busy``, and outcomes that add up: ``submitted`` is the outcomes plus some of the calls
+    still in flight, and ``submitted + rejected`` never counts a call the test did not make.
+    """
+
+    def __init__(self, pool: offload.ThreadPool | offload.ProcessPool) -> None:
+        self.pool = pool
+        self.begun = 0
+        self.ended = 0
+        self.problems: list[str] = []
+
+    def begin(self) -> None:
+        self.begun += 1
+        self.check()
+
+    def end(self) -> None:
+        self.ended += 1
+        self.check()
+
+    def check(self) -> None:
+        stats = self.pool.stats()
+        settings = self.pool.settings()
+        outcomes = (
+            stats.completed + stats.failed + stats.cancelled + stats.timed_out + stats.crashed
+        )
+        in_flight = self.begun - self.ended
+        broken = [
+            (stats.busy > stats.max_workers, "busy > max_workers"),
+            (
+                settings.max_pending is not None and stats.pending > settings.max_pending,
+                "pending > max_pending",
+            ),
+            (stats.abandoned > stats.busy, "abandoned > busy"),
+            (stats.submitted < outcomes, "more outcomes than submitted calls"),
+            (stats.submitted - outcomes > in_flight, "submitted calls without an outcome"),
+            (stats.submitted + stats.rejected > self.begun, "calls counted that were not made"),
+        ]
+        for failed, what in broken:
+            if failed:
+                self.problems.append(f"{what}: {stats} ({in_flight} in flight)")
+
+    def settled(self) -> None:
+        """Check that every call made was counted once: submitted ones with one outcome."""
+        self.check()
+        stats = self.pool.stats()
+        outcomes = (
+            stats.completed + stats.failed + stats.cancelled + stats.timed_out + stats.crashed
+        )
+        if stats.submitted != outcomes or stats.submitted + stats.rejected != self.begun:
+            self.problems.append(f"calls not counted once: {stats} ({self.begun} made)")

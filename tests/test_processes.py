@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, cancel_when, spin_until, until
+from _support import RUNS, WAIT, StatsWatch, cancel_when, spin_until, until
 
 # A process pool per test module and backend would be faster, but every test must prove it
 # leaves no process behind, so each test uses its own pool: start-up is forkserver-cheap.
@@ -667,13 +667,16 @@ def process_scenario(
     plain = pool(cancel=policy)(random_body)
     timed = pool(cancel=policy, timeout=0.05)(random_body)
     outcomes: dict[int, str] = {}
+    watch = StatsWatch(pool)
 
     def end(i: int, how: str) -> None:
         assert i not in outcomes, f"call {i} ended twice: {outcomes[i]} and {how}"
         outcomes[i] = how
+        watch.end()
 
     async def one(i: int, scope: anyio.CancelScope) -> None:
         fn = timed if kinds[i] == "timeout" else plain
+        watch.begin()
         with scope:
             try:
                 result = await fn(kinds[i], i)
@@ -698,11 +701,13 @@ def process_scenario(
                 tg.start_soon(one, i, scopes[i])
                 for _ in range(rng.randrange(3)):
                     await anyio.lowlevel.checkpoint()
+                    watch.check()
 
             cancels = [i for i, kind in enumerate(kinds) if kind == "cancel"]
             rng.shuffle(cancels)
             for i in cancels:
                 await anyio.sleep(rng.choice([0, 0.001, 0.02]))
+                watch.check()
                 scopes[i].cancel()
 
         await until(lambda: not pool.stats().busy)
@@ -725,6 +730,8 @@ def process_scenario(
     assert stats.timed_out == counts.get("timed_out", 0)
     assert stats.rejected == counts.get("overloaded", 0)
     assert (stats.busy, stats.pending, stats.abandoned) == (0, 0, 0)
+    watch.settled()
+    assert watch.problems == []
 
 
 @pytest.mark.parametrize("backend", RUNS)
@@ -749,7 +756,7 @@ def test_every_process_call_ends_exactly_once(
     seed: int,
 ) -> None:
     """Random calls, cancellations, timeouts, crashes and errors on worker processes: each
-    call ends exactly once, as its kind allows, and the counters agree."""
+    call ends exactly once, as its kind allows, and the counters agree at every snapshot."""
     process_scenario(backend, kinds, max_workers, max_pending, cancel, seed)
 
 

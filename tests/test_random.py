@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, new_pool, until
+from _support import RUNS, WAIT, StatsWatch, new_pool, until
 
 KINDS = ("ok", "raise", "block", "cancel", "timeout")
 
@@ -94,10 +94,12 @@ def scenario(
     timed = pool(timeout=0.02, cancel=policy)(body)
     timed_capped = pool(timeout=0.02, limit=limit, cancel=policy)(body)
     scopes: list[anyio.CancelScope] = []
+    watch = StatsWatch(pool)
 
     def end(i: int, how: str) -> None:
         assert i not in outcomes, f"call {i} ended twice: {outcomes[i]} and {how}"
         outcomes[i] = how
+        watch.end()
 
     async def one(i: int) -> None:
         kind, is_limited = kinds[i], limited[i]
@@ -106,6 +108,7 @@ def scenario(
         else:
             fn, group = (capped, "plain") if is_limited else (plain, None)
 
+        watch.begin()
         with scopes[i]:
             try:
                 result = await fn(i, group)
@@ -129,6 +132,7 @@ def scenario(
                 tg.start_soon(one, i)
                 for _ in range(rng.randrange(3)):
                     await anyio.lowlevel.checkpoint()
+                    watch.check()
 
             actions = [("cancel", i) for i, k in enumerate(kinds) if k == "cancel"]
             actions += [("release", i) for i, k in enumerate(kinds) if k == "block"]
@@ -136,6 +140,7 @@ def scenario(
             for action, i in actions:
                 for _ in range(rng.randrange(4)):
                     await anyio.lowlevel.checkpoint()
+                    watch.check()
 
                 if action == "cancel":
                     scopes[i].cancel()
@@ -165,6 +170,8 @@ def scenario(
     assert stats.timed_out == counts.get("timed_out", 0)
     assert stats.rejected == counts.get("overloaded", 0)
     assert (stats.busy, stats.pending, stats.abandoned) == (0, 0, 0)
+    watch.settled()
+    assert watch.problems == []
 
 
 calls = st.lists(st.tuples(st.sampled_from(KINDS), st.booleans()), min_size=1, max_size=16)
@@ -194,7 +201,8 @@ def test_every_call_ends_exactly_once(
     seed: int,
 ) -> None:
     """Interleaved calls, cancellations, timeouts and errors: each call ends once, in a way
-    its kind allows, the counters agree, and capacity and limits are never exceeded."""
+    its kind allows, the counters agree at every snapshot (``busy <= max_workers``, outcomes
+    adding up to ``submitted``), and capacity and limits are never exceeded."""
     kinds = [kind for kind, _ in calls]
     limited = [is_limited for _, is_limited in calls]
     scenario(backend, kinds, limited, max_workers, max_pending, limit, cancel, seed)

@@ -6,10 +6,11 @@ import dataclasses
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import offload
-from _support import Gate, new_pool, until
+from _support import Gate, cancel_when, new_pool, until
 
 
 def fail() -> None:
@@ -115,6 +116,99 @@ class TestSnapshot:
         anyio.run(main)
         stats = pool.stats()
         assert (stats.completed, stats.submitted, stats.workers) == (2, 2, 0)
+
+
+class TestOutcomesAddUp:
+    async def test_call_cancelled_waiting_for_its_limit_was_submitted(self) -> None:
+        """A call cancelled while it waits for its function's ``limit`` counts as submitted
+        and cancelled, so ``submitted`` is always the outcomes plus the calls in flight."""
+        pool = new_pool(max_workers=2)
+        gate = Gate()
+
+        @pool(limit=1)
+        def limited(tag: object) -> object:
+            return gate.pass_through(tag)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(limited, "runs")
+            await gate.entered(1)
+            with anyio.CancelScope() as scope:
+                tg.start_soon(cancel_when, lambda: pool.stats().pending == 1, scope)
+                await limited("waits")
+
+            stats = pool.stats()
+            assert (stats.submitted, stats.cancelled, stats.pending) == (2, 1, 0)
+            gate.open()
+
+        stats = pool.stats()
+        assert (stats.submitted, stats.completed, stats.cancelled) == (2, 1, 1)
+        assert gate.order == ["runs"]
+
+    async def test_busy_counts_threads_running_a_call(self) -> None:
+        """``busy`` never counts more than ``max_workers``, also while finished calls wait
+        for the loop to collect them and more wait for a thread."""
+        pool = new_pool(max_workers=2)
+        peak = 0
+
+        async def many() -> None:
+            for _ in range(40):
+                await pool.call(threading.Event().wait, 0.0002)
+
+        async def watch(done: anyio.Event) -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, pool.stats().busy)
+                await anyio.lowlevel.checkpoint()
+
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, done)
+            async with anyio.create_task_group() as callers:
+                for _ in range(10):
+                    callers.start_soon(many)
+
+            done.set()
+
+        assert peak <= 2
+        assert pool.stats().completed == 400
+
+    async def test_timeout_then_outer_cancel_counts_what_the_caller_saw(self) -> None:
+        """A call whose timeout fired and whose outer scope was then cancelled is counted
+        ``timed_out`` only if its caller got ``TimeoutError``, else ``cancelled``."""
+        pool = new_pool(max_workers=1)
+        timed_out_inside = threading.Event()
+        release = threading.Event()
+
+        @pool(timeout=0.01, cancel="wait")
+        def stuck() -> None:
+            while not offload.cancelled():  # until the timeout tells the worker
+                release.wait(0.001)
+
+            timed_out_inside.set()
+            release.wait(10)
+
+        seen: list[str] = []
+        with anyio.CancelScope() as outer:
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_outer() -> None:
+                    await until(timed_out_inside.is_set, "the timeout fired")
+                    outer.cancel()  # cancels this task too: release the worker first
+                    release.set()
+
+                tg.start_soon(cancel_outer)
+                try:
+                    await stuck()
+                except TimeoutError:
+                    seen.append("timed_out")
+                    raise
+
+        if outer.cancelled_caught and not seen:
+            seen.append("cancelled")
+
+        stats = pool.stats()
+        assert len(seen) == 1
+        assert (stats.timed_out, stats.cancelled) == ((1, 0) if seen == ["timed_out"] else (0, 1))
 
 
 async def _cancel_when_entered(gate: Gate, scope: anyio.CancelScope, n: int) -> None:

@@ -9,11 +9,13 @@ uvloop), ``wait_task_rescheduled`` and ``TrioToken.run_sync_soon`` on trio.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import math
 import sys
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ("Loop", "Waiter", "current_loop")
+__all__ = ("CANCELLED", "Loop", "Waiter", "current_loop")
 
 if TYPE_CHECKING:
     import trio
@@ -37,11 +39,24 @@ class Waiter(Protocol):
 class Loop:
     """A handle on one running event loop: its identity, waiters and thread-safe calls."""
 
-    __slots__ = ("call_soon_threadsafe", "key", "new_waiter")
+    __slots__ = (
+        "call_soon_threadsafe",
+        "checkpoint_if_cancelled",
+        "effective_deadline",
+        "key",
+        "new_waiter",
+    )
 
     key: object
     new_waiter: Callable[[], Waiter]
     call_soon_threadsafe: Callable[[Callable[[], object]], object]
+    # Raise the running task's cancellation if a cancel scope around it was cancelled
+    # already; else return at once, without letting other tasks run (anyio's and trio's
+    # ``checkpoint_if_cancelled``).
+    checkpoint_if_cancelled: Callable[[], Awaitable[None]]
+    # Where a synchronous look is cheaper than that checkpoint (asyncio): the running task's
+    # effective deadline, ``CANCELLED`` inside a cancelled scope. None: always checkpoint.
+    effective_deadline: Callable[[], float] | None
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         """Start ``fn()`` as a task that lives until the loop's run ends, then is cancelled."""
@@ -68,18 +83,34 @@ class _AsyncioLoop(Loop):
         self._tasks: set[asyncio.Task[None]] = set()
         self.new_waiter = loop.create_future
         self.call_soon_threadsafe = loop.call_soon_threadsafe
+        # anyio's, with the backend looked up once (EventLoopToken.backend_class) and not
+        # per call; the checkpoint only runs when the deadline says the task is cancelled.
+        import anyio.lowlevel
+
+        backend = getattr(anyio.lowlevel.current_token(), "backend_class", None)
+        self.effective_deadline = (
+            anyio.current_effective_deadline
+            if backend is None
+            else backend.current_effective_deadline
+        )
+        self.checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # ``asyncio.run`` (and ``asyncio.Runner``, which anyio and pytest use) cancels every
         # task left when the main coroutine ends, and runs the loop until they finish: this
-        # task's cleanup runs then, before ``run`` returns.
-        task = self._loop.create_task(fn(), name="offload lifecycle")
+        # task's cleanup runs then, before ``run`` returns. It starts in an empty context:
+        # a task keeps the context it starts in, and the caller's (a request object in a
+        # contextvar) must not live as long as the loop.
+        return contextvars.Context().run(self._spawn, fn())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> object:
+        task = self._loop.create_task(coro, name="offload lifecycle")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> None:
-        self._loop.call_later(delay, fn)
+        contextvars.Context().run(self._loop.call_later, delay, fn)
 
 
 class _TrioWaiter:
@@ -152,6 +183,8 @@ class _TrioLoop(Loop):
         self.key = token
         self.new_waiter = _TrioWaiter
         self.call_soon_threadsafe = token.run_sync_soon
+        self.checkpoint_if_cancelled = _trio().lowlevel.checkpoint_if_cancelled
+        self.effective_deadline = None  # trio's checkpoint is the cheaper look
 
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # System tasks are cancelled when the main task ends, and trio.run waits for them.
@@ -160,6 +193,9 @@ class _TrioLoop(Loop):
 
 def _trio() -> Any:
     return sys.modules["trio"]
+
+
+CANCELLED = -math.inf  # the effective deadline inside a cancelled scope
 
 
 _get_running_loop = asyncio._get_running_loop

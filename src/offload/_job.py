@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from contextvars import Context
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from ._backends import Waiter
     from ._limiter import Limiter
 
-__all__ = ("Job", "ProcessCallState", "cancelled", "qualname")
+__all__ = ("Job", "ProcessCallState", "cancelled", "qualname", "refuse_awaitable")
 
 _local = threading.local()
 
@@ -117,10 +118,14 @@ class Job:
         self.started = perf_counter()
         try:
             if self.context is None:
-                self.value = self.fn(*self.args, **self.kwargs)
+                value = self.fn(*self.args, **self.kwargs)
             else:
-                self.value = self.context.run(self.fn, *self.args, **self.kwargs)
+                value = self.context.run(self.fn, *self.args, **self.kwargs)
 
+            if hasattr(value, "__await__"):  # never hand back an un-awaited coroutine
+                raise refuse_awaitable(self.fn, value)
+
+            self.value = value
             self.ok = True
         except BaseException as exc:
             self.error = exc
@@ -142,3 +147,24 @@ def qualname(fn: object) -> str:
     fn = getattr(fn, "__func__", fn)
     name = getattr(fn, "offload_name", None) or getattr(fn, "__qualname__", None)
     return name if isinstance(name, str) else repr(fn)
+
+
+def refuse_awaitable(fn: object, value: object) -> TypeError:
+    """Return the error for a call whose function returned an awaitable, and close it.
+
+    A coroutine is closed (it never ran), so no "never awaited" warning follows it.
+    """
+    close = getattr(value, "close", None)
+    if inspect.iscoroutine(value) and callable(close):
+        close()
+
+    name = qualname(fn)
+    if inspect.iscoroutinefunction(fn):
+        what = f"{name} is a coroutine function (async def)"
+    else:
+        what = f"{name}() returned an awaitable ({type(value).__name__})"
+
+    return TypeError(
+        f"{what}: offload runs blocking (sync) functions in workers and cannot await. "
+        f"Await it directly instead (await {name}(...)), without offload"
+    )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 import anyio
 from typing_extensions import ParamSpec, Self, Unpack
 
-from ._backends import Loop, Waiter, current_key, current_loop
+from ._backends import CANCELLED, Loop, Waiter, current_key, current_loop
 from ._exceptions import Overloaded, PoolClosed, WorkerCrashed
 from ._job import Job, qualname
 from ._limiter import Limiter
@@ -218,6 +218,7 @@ class Workers(Protocol):
 
     @property
     def workers(self) -> int: ...
+    def gauges(self) -> tuple[int, int, int, int]: ...
     @property
     def pending(self) -> int: ...
     def submit(self, job: Job, max_pending: int | None, /) -> bool: ...
@@ -246,7 +247,6 @@ class _Runtime(Generic[SettingsT]):
         )
         self.counters = Counters()
         self.pending = 0  # calls waiting for their function's limit
-        self.abandoned = 0
         self.running: set[Job] = set()
         self._done: deque[Job | _Step] = deque()
         self._wake_scheduled = False
@@ -257,7 +257,11 @@ class _Runtime(Generic[SettingsT]):
         self._workers_submit = self.workers.submit
         self._new_waiter = loop.new_waiter
         self._copies_context = pool._copies_context
-        loop.spawn_system_task(self._guard)
+        self.checkpoint_if_cancelled = loop.checkpoint_if_cancelled
+        self.effective_deadline = loop.effective_deadline
+        # The guard holds the runtime weakly: a closed pool that nobody references is
+        # collected (and frees its name) while the loop runs on.
+        loop.spawn_system_task(functools.partial(_guard, weakref.ref(self)))
 
     # -- completions: worker threads -> loop ----------------------------------------------
 
@@ -308,9 +312,7 @@ class _Runtime(Generic[SettingsT]):
             if seconds > timing.max:
                 timing.max = seconds
 
-        if job.abandoned:
-            self.abandoned -= 1
-        elif not job.waiter.done():
+        if not job.abandoned and not job.waiter.done():
             job.delivered = True
             error = job.error
             if error is None:
@@ -324,7 +326,11 @@ class _Runtime(Generic[SettingsT]):
 
                 job.waiter.set_exception(error)
 
+        # Nothing of the call outlives it: the worker thread may still hold the job a moment.
         job.value = job.args = job.kwargs = job.context = None  # type: ignore[assignment]
+        job.fn = job.waiter = None  # type: ignore[assignment]
+        if not job.delivered:
+            job.error = None
         if self._drained is not None and not self.running and not self._drained.done():
             self._drained.set_result(None)
 
@@ -332,6 +338,9 @@ class _Runtime(Generic[SettingsT]):
 
     def _closed_error(self) -> PoolClosed:
         return PoolClosed(self.name)
+
+    def _closing(self) -> bool:
+        return self.state is not _State.RUNNING
 
     def _fn_limiter(self, options: _Options) -> Limiter:
         limiter = self.fn_limiters.get(options)
@@ -341,8 +350,12 @@ class _Runtime(Generic[SettingsT]):
 
         return limiter
 
-    async def _admit(self, options: _Options, scope: anyio.CancelScope | None) -> Limiter:
-        """Take a slot of the function's ``limit``, waiting in line for it."""
+    async def _admit(self, options: _Options, tally: _Tally | None) -> Limiter:
+        """Take a slot of the function's ``limit``, waiting in line for it.
+
+        A call that waits is submitted from then on (and ends with one outcome), so that
+        ``submitted`` is always the outcomes plus the calls in flight.
+        """
         if self.state is not _State.RUNNING:
             raise PoolClosed(self.name)
 
@@ -357,21 +370,36 @@ class _Runtime(Generic[SettingsT]):
             raise Overloaded(self.name, max_pending)
 
         self.pending += 1
+        self.counters.submitted += 1
         try:
             await fn_limiter.acquire(self._closed_error)
         except BaseException:
-            self._count_cancelled(scope)
+            self._count_cancelled(tally)
             raise
         finally:
             self.pending -= 1
 
+        if self._closing():  # closed as the slot was handed over
+            fn_limiter.release()
+            self._count_cancelled(tally)
+            raise PoolClosed(self.name)
+
+        self.counters.submitted -= 1  # _submit counts it again as it hands the call on
         return fn_limiter
 
-    def _count_cancelled(self, scope: anyio.CancelScope | None) -> None:
-        if scope is not None and scope.cancel_called:
-            self.counters.timed_out += 1
-        else:
+    def _refused(self, tally: _Tally | None) -> None:
+        """Count a call whose caller was cancelled before it reached a worker: submitted and
+        cancelled, as its caller sees it."""
+        self.counters.submitted += 1
+        self._count_cancelled(tally)
+
+    def _count_cancelled(self, tally: _Tally | None) -> None:
+        """Count a submitted call whose caller stopped waiting (cancelled, timed out, or
+        turned away by a closing pool)."""
+        if tally is None:
             self.counters.cancelled += 1
+        else:
+            tally.counters = self.counters
 
     def _submit(
         self,
@@ -408,12 +436,10 @@ class _Runtime(Generic[SettingsT]):
         self.counters.submitted += 1
         return job
 
-    async def _cancelled(
-        self, job: Job, options: _Options, scope: anyio.CancelScope | None
-    ) -> None:
+    async def _cancelled(self, job: Job, options: _Options, tally: _Tally | None) -> None:
         """The awaiter of a submitted call was cancelled: apply the function's policy."""
         job.cancelled = True
-        self._count_cancelled(scope)
+        self._count_cancelled(tally)
         if job not in self.running:
             return  # the worker is done with it already
 
@@ -426,7 +452,6 @@ class _Runtime(Generic[SettingsT]):
             await self._wait_for_worker(job)
         else:
             job.abandoned = True
-            self.abandoned += 1
             if options.cancel == "kill":
                 self._kill(job, options.grace)
 
@@ -465,6 +490,14 @@ class _Runtime(Generic[SettingsT]):
     ) -> AsyncGenerator[Y, Any]:
         """Drive a sync generator that lives on one worker thread, item by item."""
         queued = perf_counter()
+        try:  # never start a generator for a caller that is gone already
+            deadline = self.effective_deadline
+            if deadline is None or deadline() == CANCELLED:
+                await self.checkpoint_if_cancelled()
+        except BaseException:
+            self._refused(None)
+            raise
+
         fn_limiter = None if options.limit is None else await self._admit(options, None)
         requests: SimpleQueue[tuple[str, Any, _Step | None]] = SimpleQueue()
         job = self._submit(
@@ -477,7 +510,6 @@ class _Runtime(Generic[SettingsT]):
         )
         op, value = "send", None
         ended = False
-        scope: anyio.CancelScope | None = None
         try:
             while True:
                 step = _Step(self.loop.new_waiter())
@@ -486,7 +518,6 @@ class _Runtime(Generic[SettingsT]):
                     await step.waiter
                 else:
                     with anyio.CancelScope(deadline=anyio.current_time() + options.timeout) as sc:
-                        scope = sc
                         await step.waiter
 
                     if sc.cancelled_caught:
@@ -515,11 +546,13 @@ class _Runtime(Generic[SettingsT]):
             requests.put(("close", None, None))
             await self._wait_for_worker(job)
             raise
-        except BaseException:
+        except BaseException as exc:
             if not ended:
                 ended = True
                 requests.put(("close", None, None))
-                await self._cancelled(job, options, scope)
+                tally = _Tally()
+                await self._cancelled(job, options, tally)
+                tally.count(timed_out=isinstance(exc, TimeoutError))
 
             raise
         finally:
@@ -533,15 +566,6 @@ class _Runtime(Generic[SettingsT]):
         """Apply changed explicit settings; runs on this loop's thread."""
         self.settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
         self.workers.reconfigure(self.settings)
-
-    async def _guard(self) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.aclose(loop_ending=True)
-
-            self.pool._retire(self)
 
     async def aclose(self, loop_ending: bool = False) -> None:
         """Close: turn pending calls away, give running ones ``shutdown_timeout``, stop
@@ -614,9 +638,41 @@ class _Runtime(Generic[SettingsT]):
 
     def gauges(self) -> tuple[int, int, int, int]:
         """Return (workers, busy, pending, abandoned)."""
-        workers = self.workers
-        pending = workers.pending
-        return workers.workers, len(self.running) - pending, self.pending + pending, self.abandoned
+        workers, busy, pending, abandoned = self.workers.gauges()
+        return workers, busy, self.pending + pending, abandoned
+
+
+async def _guard(ref: weakref.ReferenceType[_Runtime[Any]]) -> None:
+    """Close a runtime when its loop's run ends (a system task of that loop)."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        runtime = ref()
+        if runtime is not None:
+            with anyio.CancelScope(shield=True):
+                await runtime.aclose(loop_ending=True)
+
+            runtime.pool._retire(runtime)
+
+
+class _Tally:
+    """Counts the cancellation of a call that has a ``timeout`` once its caller's view is
+    known: ``timed_out`` if the caller gets ``TimeoutError``, else ``cancelled`` (an outer
+    scope may cancel the call after its deadline passed, and win)."""
+
+    __slots__ = ("counters",)
+
+    def __init__(self) -> None:
+        self.counters: Counters | None = None  # set while a cancellation awaits its count
+
+    def count(self, timed_out: bool) -> None:
+        counters = self.counters
+        if counters is not None:
+            self.counters = None
+            if timed_out:
+                counters.timed_out += 1
+            else:
+                counters.cancelled += 1
 
 
 def _timeout_error(pool: str, function: str, timeout: float) -> TimeoutError:
@@ -716,9 +772,15 @@ class _Pool(Generic[SettingsT]):
         if timeout is None:
             return await self._run(options, fn, args, kwargs)
 
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            return await self._run(options, fn, args, kwargs, scope)
+        tally = _Tally()
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
+                return await self._run(options, fn, args, kwargs, tally)
+        except BaseException:
+            tally.count(timed_out=False)  # the caller sees a cancellation (or PoolClosed)
+            raise
 
+        tally.count(timed_out=True)
         raise _timeout_error(self._name, _qualname(fn), timeout)
 
     def call(
@@ -747,7 +809,7 @@ class _Pool(Generic[SettingsT]):
         fn: Callable[..., R],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        scope: anyio.CancelScope | None = None,
+        tally: _Tally | None = None,
     ) -> R:
         """Run one call in this loop's workers and return (or raise) its outcome.
 
@@ -760,10 +822,18 @@ class _Pool(Generic[SettingsT]):
         if runtime is None or runtime.key is not key:
             runtime = self._runtime()
 
+        try:  # a caller cancelled already uses no worker (as anyio's and trio's to_thread)
+            deadline = runtime.effective_deadline
+            if deadline is None or deadline() == CANCELLED:
+                await runtime.checkpoint_if_cancelled()
+        except BaseException:
+            runtime._refused(tally)
+            raise
+
         if options.limit is None:  # no coroutine for the limiter
             fn_limiter = None
         else:
-            fn_limiter = await runtime._admit(options, scope)
+            fn_limiter = await runtime._admit(options, tally)
 
         job = runtime._submit(fn, args, kwargs, fn_limiter, queued)
         if options.retries:
@@ -781,7 +851,7 @@ class _Pool(Generic[SettingsT]):
 
                 raise
 
-            await runtime._cancelled(job, options, scope)
+            await runtime._cancelled(job, options, tally)
             raise
 
         runtime.counters.completed += 1

@@ -12,7 +12,9 @@ end-of-file, on which the worker exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -23,12 +25,12 @@ import struct
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from time import perf_counter
 from typing import Any, cast
 
 from ._exceptions import SerializationError, WorkerCrashed
-from ._job import Job, ProcessCallState
+from ._job import Job, ProcessCallState, refuse_awaitable
 from ._settings import PoolSettings, ProcessSettings
 from ._threads import ThreadWorkers, _Worker
 
@@ -233,7 +235,12 @@ def child_main(
             ref, args, kwargs = pickle.loads(payload)
             fn = ref.resolve() if isinstance(ref, FunctionRef) else ref
             name = getattr(fn, "__qualname__", name)
-            outcome = _pack_outcome(number, True, fn(*args, **kwargs), name)
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):
+                raise refuse_awaitable(fn, result)
+
+            outcome = _pack_outcome(number, True, result, name)
+            del result
         except BaseException as exc:
             outcome = _pack_outcome(number, False, (exc, traceback.format_exc()), name)
         finally:
@@ -245,6 +252,45 @@ def child_main(
 
 
 # -- the parent's side ------------------------------------------------------------------------
+
+_main_lock = threading.Lock()
+_main_hidden = False  # a thread has hidden ``__main__.__file__`` while it starts a worker
+
+
+@contextlib.contextmanager
+def _main_path_checked() -> Generator[None, None, None]:
+    """Hide ``__main__.__file__`` from multiprocessing while it names no file.
+
+    A ``spawn`` or ``forkserver`` child re-runs the parent's main script from that path, and
+    fails to start when it does not exist, as some launchers set it (anyio issue #696).
+    anyio's workers skip such a path; multiprocessing reads it from the module, so it is
+    hidden while the worker starts, and put back. Worker threads that start processes at the
+    same time take turns only then.
+    """
+    global _main_hidden
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main.__spec__, "name", None) is not None:  # ``-m``: by name
+        yield
+        return
+
+    path = getattr(main, "__file__", None)
+    if (path is None and not _main_hidden) or (isinstance(path, str) and os.path.isfile(path)):
+        yield  # no script (``-c``, a notebook), or one that exists: the common cases
+        return
+
+    with _main_lock:
+        path = getattr(main, "__file__", None)
+        hide = isinstance(path, str) and not os.path.isfile(path)
+        if hide:
+            _main_hidden = True
+            del main.__file__
+
+        try:
+            yield
+        finally:
+            if hide:
+                main.__file__ = path
+                _main_hidden = False
 
 
 class _Process:
@@ -264,7 +310,9 @@ class _Process:
             args=(child_conn, control_reader, initializer, initargs),
             name=f"offload-{pool}-process",
         )
-        self.process.start()
+        with _main_path_checked():
+            self.process.start()
+
         child_conn.close()
         control_reader.close()
         self.conn: multiprocessing.connection.Connection = conn
@@ -412,6 +460,10 @@ class ProcessWorkers(ThreadWorkers):
 
     def _execute(self, me: _Worker, job: Job) -> None:
         if job.cancelled:
+            return
+
+        if inspect.iscoroutinefunction(job.fn):  # refused before any process is used
+            job.error = refuse_awaitable(job.fn, None)
             return
 
         try:

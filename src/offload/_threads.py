@@ -71,6 +71,7 @@ class ThreadWorkers:
         self._jobs: deque[Job] = deque()
         self._idle: list[_Worker] = []  # sleeping, newest last
         self._in_transit = 0  # woken for a job, not yet back under the lock
+        self._busy = 0  # threads running a job (abandoned ones included)
         self._threads: set[_Worker] = set()
         self._closing = False
         self._numbers = itertools.count(1)
@@ -80,25 +81,36 @@ class ThreadWorkers:
         """How many worker threads are alive."""
         return len(self._threads)
 
+    def gauges(self) -> tuple[int, int, int, int]:
+        """Return, read together: threads alive, threads running a job (abandoned ones
+        included), jobs waiting (as :attr:`pending`), threads running an abandoned job."""
+        with self._lock:
+            abandoned = sum(1 for t in self._threads if t.job is not None and t.job.abandoned)
+            return len(self._threads), self._busy, self.pending, abandoned
+
     @property
     def pending(self) -> int:
-        """How many jobs wait for a thread (beyond those that threads on their way or idle
-        threads about to be woken will take)."""
-        return max(0, len(self._jobs) - self._in_transit - len(self._idle))
+        """How many queued jobs wait for a worker: those beyond the free capacity
+        (``max_workers`` less the threads running a job), however threads are being woken
+        or started to take the rest."""
+        return max(0, len(self._jobs) - max(0, self.max_workers - self._busy))
 
     def submit(self, job: Job, max_pending: int | None) -> bool:
         """Queue ``job`` and make sure a thread will run it.
 
+        The bound counts every job queued and not yet taken by a thread: a job is admitted
+        while fewer than the free capacity (``max_workers`` less the threads running a job)
+        plus ``max_pending`` wait, so a burst on a warm pool is bounded exactly as one on a
+        cold pool, whatever threads are idle, waking or starting.
+
         Returns:
-            False if no thread is free and ``max_pending`` jobs already wait: the job was
+            False if ``max_pending`` jobs already wait beyond the free capacity: the job was
             not queued.
         """
         with self._lock:
             if (
                 max_pending is not None
-                and not self._idle
-                and len(self._threads) >= self.max_workers
-                and self.pending >= max_pending
+                and len(self._jobs) >= self.max_workers - self._busy + max_pending
             ):
                 return False
 
@@ -166,11 +178,15 @@ class ThreadWorkers:
                     me.woken = False
                     self._in_transit -= 1
 
-                me.job = None
+                if me.job is not None:
+                    me.job = None
+                    self._busy -= 1
+
                 exiting = len(self._threads) > self.max_workers
                 if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
+                    self._busy += 1
                     if jobs and not self._in_transit:
                         new = self._wake_one()  # more are queued: pass the word on
                 elif self._closing or exiting:
