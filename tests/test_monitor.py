@@ -942,3 +942,17 @@ class TestReportCounts:
             "s in all, at 2 sites (an event that blocked at several sites counts in each):"
         )
         assert text.splitlines()[2].split()[0] == "events"
+
+    def test_header_counts_sites_and_kinds(self) -> None:
+        """The first line counts the events, the sites, and the kinds with no line to blame."""
+        site = traceback.FrameSummary("app.py", 1, "main", line="x()")
+        rows = (
+            ReportRow(kind="cpu", site=site, count=2, total=1.0, max=0.6, fix="f"),
+            ReportRow(kind="starvation", site=None, count=1, total=0.25, max=0.25, fix="g"),
+        )
+        text = str(Report(threshold=0.1, events=3, rows=rows))
+        assert text.splitlines()[0] == (
+            "offload.monitor: 3 events past 0.1 s, 1.25 s in all, at 1 site; starvation, "
+            "with no single line to blame:"
+        )
+        assert sum(row.count for row in rows) == 3

@@ -267,14 +267,15 @@ class Report:
 
         total = sum(row.total for row in self.rows)
         sites = sum(row.site is not None for row in self.rows)
-        where = [f"at {_plural(sites, 'site')}"] if sites else []
-        where.extend(row.kind for row in self.rows if row.site is None)
+        kinds = [row.kind for row in self.rows if row.site is None]
         shared = sum(row.count for row in self.rows) > self.events
         lines = [
             (
                 f"offload.monitor: {_plural(self.events, 'event')} past {self.threshold:g} s, "
-                f"{total:.2f} s in all, {_and(where)}"
+                f"{total:.2f} s in all"
+                + (f", at {_plural(sites, 'site')}" if sites else "")
                 + (" (an event that blocked at several sites counts in each)" if shared else "")
+                + (f"; {_and(kinds)}, with no single line to blame" if kinds else "")
                 + ":"
             ),
             "",
@@ -331,7 +332,7 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
-def _and(words: list[str]) -> str:
+def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
