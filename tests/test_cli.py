@@ -293,3 +293,25 @@ class TestWatchAsPeopleFirstMeetIt:
         assert busy
         assert {thread["site"]["name"] for thread in busy} == {"crunch"}
         assert all(0 < thread["share"] <= 1 for thread in busy)
+
+    @pytest.mark.parametrize("backend", list(BLOG))
+    def test_lazy_import_is_one_line(self, tmp_path: Path, backend: str) -> None:
+        """A stall inside a lazy import logs Python's import machinery as one line."""
+        package = tmp_path / "lazypkg"
+        package.mkdir()
+        (package / "__init__.py").write_text("from . import inner\n")
+        (package / "inner.py").write_text("import time\n\ntime.sleep(0.3)\n")
+        imports, sleep, run = BLOG[backend]
+        script = f"import asyncio\n{imports}\n\n\nasync def main():\n    import lazypkg\n"
+        (tmp_path / "lazy.py").write_text(f"{script}    {sleep}\n\n\n{run}\n")
+        result = offload("watch", "lazy.py", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "at lazypkg/inner.py:3 in <module>" in result.stderr
+        assert 'File "lazy.py", line 6, in main' in result.stderr
+        assert (
+            "fix: importing lazypkg.inner blocks the loop while its code runs: import it at "
+            "startup, before the loop, or await offload.call(importlib.import_module, "
+            "'lazypkg.inner')"
+        ) in result.stderr
+        assert "frames of Python's import machinery]" in result.stderr
+        assert "importlib._bootstrap" not in result.stderr

@@ -855,6 +855,7 @@ class TestImportMachinery:
         assert "<frozen importlib" not in message
         assert message.count("frames of Python's import machinery]") == 3
         assert 'deepest.py", line 3, in <module>' in message
+        assert event.fix.startswith("importing lazypkg.deepest blocks the loop while its code")
         assert message in [record.getMessage() for record in caplog.records]
 
 

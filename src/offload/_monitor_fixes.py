@@ -149,6 +149,13 @@ def busy_advice(frame: types.FrameType | None, thread: str) -> str:
 
 
 def _function(code: types.CodeType, frame: types.FrameType, process: bool) -> str:
+    if code.co_name == "<module>":  # a module's own code, as it is imported
+        name = frame.f_globals.get("__name__", "the module")
+        return (
+            f"importing {name} blocks the loop while its code runs: import it at startup, "
+            f"before the loop, or await offload.call(importlib.import_module, {name!r})"
+        )
+
     if not process:
         return f"decorate {code.co_name}() with @offload.thread and await it"
 
