@@ -190,7 +190,7 @@ def crunch():
 
 
 async def ticks():
-    until = time.perf_counter() + 0.6
+    until = time.perf_counter() + 1.0
     while time.perf_counter() < until:
         {sleep}
     stop.set()
@@ -269,7 +269,9 @@ class TestWatchAsPeopleFirstMeetIt:
         result = offload("watch", "--threshold", "0.05", "starving.py", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         err = result.stderr
-        assert "starvation" in err
+        # A loaded machine can make the start of the offloaded calls one long turn of the
+        # loop's own work (saturation); either way, the busy threads are named.
+        assert "starvation" in err or "saturation" in err
         assert f"starving.py:{CRUNCH_LINE} in crunch" in err
         assert "thread 'offload-thread-" in err
         assert "decorate crunch() with @offload.process instead of a thread" in err

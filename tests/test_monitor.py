@@ -817,10 +817,18 @@ class TestFixes:
         """In ``json.dumps(list(range(n)))`` the slow call, the outer one, is offloaded."""
         with offload.monitor(THRESHOLD, log=False) as monitor:
             await anyio.lowlevel.checkpoint()
+            line = next_line()
             json.dumps(list(range(3_000_000)))
 
-        event = only_event(monitor)
-        assert event.fix == "await offload.process.call(json.dumps, list(range(3000000)))"
+        # A C call that holds the GIL is seen when it returns: a busy machine can leave some
+        # of its time on the next line (the with block's exit). The line's own fix must hold.
+        fixes = {
+            share.fix
+            for event in monitor.events
+            for share in event.split
+            if share.site.lineno == line
+        }
+        assert fixes == {"await offload.process.call(json.dumps, list(range(3000000)))"}
 
 
 def lazy_import_tree(tmp_path: Path) -> None:
@@ -888,18 +896,17 @@ class TestBusyThreads:
                 await until(lambda: pool.stats().busy == 6)
                 with monitor:
                     await until(
-                        lambda: any(e.kind == "starvation" for e in monitor.events),
-                        "a starvation event",
+                        lambda: any(e.busy_threads for e in monitor.events),
+                        "a starvation event that names its threads",
                     )
 
                 stop.set()
         finally:
             stop.set()
 
-        starved = [event for event in monitor.events if event.kind == "starvation"]
-        event = starved[0]
+        event = next(event for event in monitor.events if event.busy_threads)
+        assert event.kind == "starvation"
         assert event.site is None
-        assert event.busy_threads
         assert isinstance(event.busy_threads[0], offload.ThreadShare)
         for busy in event.busy_threads:
             assert busy.name.startswith(f"offload-{pool.name}-")
@@ -915,7 +922,8 @@ class TestBusyThreads:
         assert f"test_monitor.py:{busiest.lineno} in gil_hog" in str(event)
         assert str(event) in [record.getMessage() for record in caplog.records]
         [row] = [row for row in monitor.report().rows if row.kind == "starvation"]
-        assert row.busy_threads[0].site == event.busy_threads[0].site
+        assert row.busy_threads
+        assert {busy.site.name if busy.site else "" for busy in row.busy_threads} == {"gil_hog"}
         assert "in gil_hog" in str(monitor.report())
 
 

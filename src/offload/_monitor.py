@@ -177,8 +177,8 @@ class BlockingEvent:
             platform has no per-thread CPU clock.
         loop: which loop it was, e.g. ``"asyncio loop in thread 'MainThread'"``.
         started: when the loop stopped turning, as a ``time.time()`` timestamp.
-        busy_threads: for starvation, the other threads that held the GIL or the CPUs,
-            the busiest first.
+        busy_threads: for starvation (and saturation that other threads slowed down), the
+            other threads that held the GIL or the CPUs, the busiest first.
     """
 
     duration: float
@@ -234,8 +234,8 @@ class ReportRow:
         total: seconds the loop spent blocked here, over all events.
         max: the longest time in one event.
         fix: how to stop it, in offload's API.
-        busy_threads: for starvation, the threads that held the GIL or the CPUs, by site,
-            each with its share of ``total``.
+        busy_threads: for starvation (and saturation), the threads that held the GIL or the
+            CPUs, by site, each with its share of ``total``.
     """
 
     kind: BlockingKind
@@ -988,14 +988,28 @@ class _Segment:
 class _OtherThread:
     """Another thread, as the watchdog saw it during a stall: its CPU time and its sites."""
 
-    __slots__ = ("clock", "cpu0", "cpu1", "looks", "moved", "name", "prev", "sites", "t0", "t1")
+    __slots__ = (
+        "clock",
+        "cpu0",
+        "cpu1",
+        "looks",
+        "moved",
+        "name",
+        "native_id",
+        "prev",
+        "runnable",
+        "sites",
+        "t0",
+        "t1",
+    )
 
-    def __init__(self, ident: int, name: str, now: float) -> None:
-        self.name = name
+    def __init__(self, ident: int, thread: threading.Thread | None, now: float) -> None:
+        self.name = thread.name if thread is not None else str(ident)
+        self.native_id = thread.native_id if thread is not None else None
         self.clock = _thread_clock(ident)
         self.cpu0 = self.cpu1 = self._cpu()
         self.t0 = self.t1 = now
-        self.looks = self.moved = 0
+        self.looks = self.moved = self.runnable = 0
         self.prev: tuple[int, int] | None = None
         self.sites: dict[tuple[types.CodeType, int | None], list[Any]] = {}  # [count, record]
 
@@ -1018,6 +1032,8 @@ class _OtherThread:
 
         key = (id(leaf.f_code), leaf.f_lasti)
         self.moved += self.prev is not None and key != self.prev
+        if self.native_id is not None:
+            self.runnable += _runnable(self.native_id) is True
         self.prev = key
         self.looks += 1
         places = _get_places()
@@ -1029,6 +1045,10 @@ class _OtherThread:
             record = _FrameRec(frame, frame.f_lineno, frame.f_lasti)
             seen = self.sites.setdefault((frame.f_code, frame.f_lineno), [0, record])
             seen[0] += 1
+
+    def timed(self) -> bool:
+        """Whether it was watched long enough for its CPU clock to tell its share."""
+        return self.cpu0 is not None and self.cpu1 is not None and self.t1 - self.t0 >= 0.02
 
     def share(self) -> float:
         """The share of the time it was watched that it spent on a CPU."""
@@ -1131,28 +1151,35 @@ class _Stall:
     def _look_at_others(self, frames: dict[int, types.FrameType], now: float) -> None:
         """Note where the other threads are and their CPU clocks: they may be starving us."""
         skip = (self.watch.thread_id, threading.get_ident())
-        names: dict[int | None, str] | None = None
+        threads: dict[int | None, threading.Thread] | None = None
         for ident, leaf in frames.items():
             if ident in skip:
                 continue
 
             other = self.others.get(ident)
             if other is None:
-                if names is None:
-                    names = {thread.ident: thread.name for thread in threading.enumerate()}
+                if threads is None:
+                    threads = {thread.ident: thread for thread in threading.enumerate()}
 
-                other = self.others[ident] = _OtherThread(ident, names.get(ident, str(ident)), now)
+                other = self.others[ident] = _OtherThread(ident, threads.get(ident), now)
 
             other.look(leaf, now)
 
     def busy_threads(self) -> list[tuple[_OtherThread, float]]:
-        """The other threads that were on a CPU for 5% of the stall or more, busiest first."""
+        """The other threads that were on a CPU for 2% of the stall or more, busiest first."""
         now = time.perf_counter()
         for other in self.others.values():
             other.read_clock(now)  # the stall just ended: its clock now closes the interval
 
-        busy = [(other, other.share()) for other in self.others.values()]
-        busy = [(other, share) for other, share in busy if share >= 0.05]
+        others = list(self.others.values())
+        if others and not any(other.timed() for other in others):
+            # Starved of the GIL itself, the watchdog saw the others only as the stall ended:
+            # too briefly to time them. Those running then shared the GIL with the loop.
+            running = [other for other in others if other.runnable]
+            return [(other, 1 / (len(running) + 1)) for other in running][:_MAX_SPLIT]
+
+        busy = [(other, other.share()) for other in others]
+        busy = [(other, share) for other, share in busy if share >= 0.02]
         busy.sort(key=lambda pair: pair[1], reverse=True)
         return busy[:_MAX_SPLIT]
 
@@ -1311,6 +1338,11 @@ class _Builder:
         busy_threads: tuple[ThreadShare, ...] = ()
         if kind == "starvation":
             busy_threads, fix = self._busy()
+        elif kind == "saturation" and self._others_busy:
+            # Too much work per turn, slowed further by other threads: name them too.
+            busy_threads, busy_fix = self._busy()
+            if busy_threads:
+                fix = f"{fix}; other threads slowed it down: {busy_fix}"
 
         duration = segment.time
         cpu = segment.cpu / duration if duration > 0 else 0.0
