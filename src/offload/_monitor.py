@@ -15,10 +15,15 @@ How it works:
   computation (``cpu``).
 * **The rest.** Time spent in many short steps, or in the loop's own code, is ``saturation``
   when the loop thread was busy, and ``starvation`` when it was ready but other threads held
-  the GIL or the CPUs. Neither is blamed on a line.
+  the GIL or the CPUs. Neither is blamed on a line; the other threads, looked at every 5 ms
+  during a stall, are named in ``busy_threads``.
+* **From the first step.** A watch beats as its loop starts (asyncio: as ``run_forever``
+  sets the async generator hooks; trio: an instrument's ``before_run``), so the first step,
+  which runs before any callback of ours, is watched too.
 
-A C call that holds the GIL (``json.dumps``' encoder) stops the watchdog too: it is seen, and
-blamed, when it returns.
+A C call that holds the GIL (``json.dumps``' encoder) stops the watchdog too: it is seen when
+it returns, and blamed on the site of the look before it, where it began. The fixes are in
+``_monitor_fixes``.
 """
 
 from __future__ import annotations
