@@ -5,12 +5,18 @@ the same run: offload's monitor, pyleak's ``no_event_loop_blocking`` and asyncio
 (``slow_callback_duration``; asyncio and uvloop only). Per scenario it prints:
 
 * line: in how many runs the tool named the right first-party line (for the mixed step: all
-  three lines); for saturation and starvation, in how many runs it blamed a line (it must not);
+  three lines; for starvation by offloaded threads: the busy function's line, among the
+  starving threads); for saturation and starvation, in how many runs it blamed a line on the
+  loop (it must not);
   for the idle loop, in how many runs it reported anything (it must not);
 * kind: in how many runs offload gave the right kind;
 * latency: how long after the block started the tool knew (median);
 * duration: reported duration over the true one (median);
 * shares: the mixed step's time split between its three sites (truth: a third each).
+
+Two scenarios are about how people first meet the monitor: a block in the first step of a
+fresh loop (the tool watches from before the run: offload's ``install()``, asyncio's debug
+mode from the start; pyleak cannot), and offloaded threads that starve the loop of the GIL.
 
 Then the loop's throughput cost at the defaults (interleaved runs, medians) and the CPU an idle
 loop costs under each tool.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -120,6 +127,8 @@ class Scenario:
     name = ""
     kind: str | None = None  # the right kind; None: nothing to blame
     sites: tuple[str, ...] = ()
+    fresh = False  # the body is the run's first step: the tool must watch before the loop
+    busy = False  # the sites are in other threads, named as busy threads
 
     def __init__(self, block: float) -> None:
         self.block = block
@@ -329,6 +338,57 @@ class Starvation(Scenario):
             thread.join()
 
 
+class FirstStep(Scenario):
+    """The blog posts' example: the program blocks before its first await.
+
+    The tool must watch before the loop starts: offload under ``install()``, asyncio's debug
+    mode from the run's start (``debug=True``); pyleak cannot, it starts inside the loop.
+    """
+
+    name, kind, sites = "first step of a fresh loop", "cpu", ("cpu",)
+    fresh = True
+
+    async def body(self, truth: Truth) -> None:
+        with truth.site("cpu"):
+            crunch(self.block)
+
+        await anyio.sleep(0.02)
+
+
+_POOL_NAMES = itertools.count()
+
+
+def _offloaded_hog(stop: threading.Event) -> None:
+    while not stop.is_set():  # site: hog
+        pass
+
+
+class OffloadedStarvation(Scenario):
+    """Offloaded CPU-bound functions hold the GIL: the tool must name the busy function."""
+
+    name, kind, sites = "starvation by offloaded threads", "starvation", ("hog",)
+    busy = True
+
+    def setup(self) -> None:
+        self.stop = threading.Event()
+
+    async def body(self, truth: Truth) -> None:
+        pool = offload.ThreadPool(f"bench-hogs-{next(_POOL_NAMES)}", max_workers=6)
+        async with pool, anyio.create_task_group() as tasks:
+            for _ in range(6):
+                tasks.start_soon(pool.call, _offloaded_hog, self.stop)
+
+            truth.starts.append(time.time())
+            until = time.perf_counter() + 2 * self.block
+            while time.perf_counter() < until:  # noqa: ASYNC110 - the loop's light own work
+                await anyio.sleep(0.005)
+
+            self.stop.set()
+
+    def teardown(self) -> None:
+        self.stop.set()
+
+
 class Idle(Scenario):
     name, kind, sites = "idle loop", None, ()
 
@@ -346,6 +406,8 @@ SCENARIOS: list[type[Scenario]] = [
     Mixed,
     Saturation,
     Starvation,
+    FirstStep,
+    OffloadedStarvation,
     Idle,
 ]
 
@@ -364,6 +426,7 @@ class Report:
     duration: float
     known_at: float  # time.time() when the tool knew
     shares: dict[int, float] = field(default_factory=dict)  # line -> seconds
+    busy: set[int] = field(default_factory=set)  # first-party lines of busy threads
 
 
 def _ours(filename: str) -> bool:
@@ -383,6 +446,10 @@ async def watch_offload(reports: list[Report]) -> AsyncIterator[None]:
     with offload.monitor(THRESHOLD, log=False) as monitor:
         yield
 
+    offload_reports(monitor, reports)
+
+
+def offload_reports(monitor: offload.Monitor, reports: list[Report]) -> None:
     for event in monitor.events:
         shares: dict[int, float] = {}
         for share in event.split:
@@ -390,8 +457,20 @@ async def watch_offload(reports: list[Report]) -> AsyncIterator[None]:
                 shares[share.site.lineno] = shares.get(share.site.lineno, 0.0) + share.duration
 
         line = event.site.lineno if event.site and _ours(event.site.filename) else None
+        busy = {
+            thread.site.lineno
+            for thread in event.busy_threads
+            if thread.site is not None and _ours(thread.site.filename) and thread.site.lineno
+        }
         reports.append(
-            Report(event.kind, line, event.duration, event.started + event.detected_after, shares)
+            Report(
+                event.kind,
+                line,
+                event.duration,
+                event.started + event.detected_after,
+                shares,
+                busy,
+            )
         )
 
 
@@ -441,16 +520,25 @@ class _Collect(logging.Handler):
 @contextlib.asynccontextmanager
 async def watch_asyncio_debug(reports: list[Report]) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
+    with _asyncio_debug_log(reports):
+        loop.set_debug(True)
+        loop.slow_callback_duration = THRESHOLD
+        try:
+            yield
+        finally:
+            loop.set_debug(False)
+
+
+@contextlib.contextmanager
+def _asyncio_debug_log(reports: list[Report]) -> Iterator[None]:
+    """Collect asyncio's slow-callback warnings (its default threshold is ours, 0.1 s)."""
     handler = _Collect()
     logger = logging.getLogger("asyncio")
     logger.addHandler(handler)
     propagate, logger.propagate = logger.propagate, False
-    loop.set_debug(True)
-    loop.slow_callback_duration = THRESHOLD
     try:
         yield
     finally:
-        loop.set_debug(False)
         logger.removeHandler(handler)
         logger.propagate = propagate
 
@@ -490,9 +578,9 @@ def backends() -> dict[str, tuple[str, dict[str, Any]]]:
     return found
 
 
-def applies(tool: str, backend: str) -> bool:
+def applies(tool: str, backend: str, scenario_type: type[Scenario] | None = None) -> bool:
     if tool == "pyleak":
-        return pyleak is not None
+        return pyleak is not None and not (scenario_type and scenario_type.fresh)
 
     if tool == "asyncio debug":
         return backend != "trio"
@@ -521,9 +609,24 @@ def run_once(scenario_type: type[Scenario], block: float, tool: str, backend: st
         async with TOOLS[tool](reports):
             await scenario.body(truth)
 
+    async def fresh() -> None:
+        await scenario.body(truth)
+
     scenario.setup()
     try:
-        anyio.run(main, backend=name, backend_options=options)
+        if not scenario.fresh:
+            anyio.run(main, backend=name, backend_options=options)
+        elif tool == "offload":
+            watcher = offload.monitor.install(THRESHOLD, log=False)
+            try:
+                anyio.run(fresh, backend=name, backend_options=options)
+            finally:
+                watcher.uninstall()
+
+            offload_reports(watcher, reports)
+        else:  # asyncio debug, on from the run's start
+            with _asyncio_debug_log(reports):
+                anyio.run(fresh, backend=name, backend_options={**options, "debug": True})
     finally:
         scenario.teardown()
 
@@ -549,18 +652,26 @@ def summarize(scenario_type: type[Scenario], runs: list[Run], tool: str) -> dict
         named = {report.line for report in reports} | {
             line for report in reports for line in report.shares
         }
+        if scenario_type.busy:  # the line is a busy thread's, named by starvation events
+            named = {line for report in reports for line in report.busy}
+
         if scenario_type.sites:
             if all(line in named for line in lines):
                 right += 1
 
-            main = [r for r in reports if r.line in lines or set(r.shares) & set(lines)]
+            main = [
+                r
+                for r in reports
+                if r.line in lines or set(r.shares) & set(lines) or r.busy & set(lines)
+            ]
             if any(report.kind == scenario_type.kind for report in main):
                 kind_ok += 1
 
             if main and run.truth.starts:
                 latencies.append(min(r.known_at for r in main) - run.truth.starts[0])
                 true_total = sum(run.truth.durations.values())
-                ratios.append(sum(r.duration for r in main) / true_total)
+                if true_total:  # a starvation has no true duration of its own
+                    ratios.append(sum(r.duration for r in main) / true_total)
 
             if len(lines) > 1 and main:
                 seconds = [0.0] * len(lines)
@@ -614,7 +725,7 @@ def accuracy(block: float, runs: int, backend_names: list[str]) -> dict[str, Any
         )
         for backend in backend_names:
             for tool in TOOLS:
-                if not applies(tool, backend):
+                if not applies(tool, backend, scenario_type):
                     continue
 
                 collected = [run_once(scenario_type, block, tool, backend) for _ in range(runs)]

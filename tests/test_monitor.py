@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
+import json
 import logging
 import os
 import queue
 import socket
 import sys
+import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -19,6 +24,7 @@ import trio
 import uvloop
 
 import offload
+from _support import new_pool, until
 from offload import _alarm, _monitor
 from offload._monitor import Report, ReportRow, SiteShare
 
@@ -86,7 +92,7 @@ def long_events(monitor: offload.Monitor) -> list[offload.BlockingEvent]:
 
 class TestBlockingCall:
     @pytest.mark.usefixtures("wakeups")
-    async def test_blamed_on_its_line(self) -> None:
+    async def test_blamed_on_its_line(self, anyio_backend: tuple[str, object]) -> None:
         """A blocking call in a step is one event, of kind blocking, at that line."""
         with offload.monitor(THRESHOLD, log=False) as monitor:
             await anyio.lowlevel.checkpoint()
@@ -98,7 +104,7 @@ class TestBlockingCall:
         assert event.site is not None
         assert (event.site.filename, event.site.lineno) == (__file__, line)
         assert event.site.name == "test_blamed_on_its_line"
-        assert event.fix == "await offload.call(time.sleep, BLOCK)"
+        assert event.fix == f"await {anyio_backend[0]}.sleep(BLOCK)"
         assert event.cpu is not None
         assert event.cpu < 0.5
 
@@ -582,3 +588,380 @@ class TestRecords:
             SiteShare(site, 1.0, 1.0, "cpu", "")  # type: ignore[call-arg]
 
         assert "app.py:1 in main" in str(event)
+
+
+def first_step_sleep_and_spin() -> None:
+    """Block as the blog posts' examples do: compute, then sleep, in the first step."""
+    spin(BLOCK)
+    time.sleep(BLOCK / 3)
+
+
+async def asyncio_first_step() -> None:
+    first_step_sleep_and_spin()
+    await asyncio.sleep(0.01)
+
+
+async def trio_first_step() -> None:
+    first_step_sleep_and_spin()
+    await trio.sleep(0.01)
+
+
+async def trio_tasks_at_launch() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio_first_step)
+        nursery.start_soon(trio.sleep, 0.01)
+
+
+SPIN_LINE = spin.__code__.co_firstlineno + 3
+FIRST_STEP_RUNS = [
+    pytest.param(lambda: asyncio.run(asyncio_first_step()), id="asyncio"),
+    pytest.param(lambda: uvloop.run(asyncio_first_step()), id="asyncio+uvloop"),
+    pytest.param(lambda: trio.run(trio_first_step), id="trio"),
+    pytest.param(lambda: trio.run(trio_tasks_at_launch), id="trio-tasks-at-launch"),
+]
+
+
+class TestFirstStep:
+    """A loop is watched from its first step, before anything is awaited."""
+
+    @pytest.mark.usefixtures("wakeups")
+    @pytest.mark.parametrize("run", FIRST_STEP_RUNS)
+    def test_install_before_run(self, run: Callable[[], object]) -> None:
+        """Under install(), a block before the first await of the run is reported."""
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        try:
+            run()
+        finally:
+            watcher.uninstall()
+
+        event = only_event(watcher)
+        assert event.site is not None
+        assert (event.site.name, event.site.lineno) == ("spin", SPIN_LINE)
+        assert event.kind == "cpu"
+        assert [share.site.name for share in event.split] == ["spin", "first_step_sleep_and_spin"]
+        assert event.stack[0].name in ("asyncio_first_step", "trio_first_step")
+
+    @pytest.mark.parametrize("run", FIRST_STEP_RUNS[:3])
+    def test_the_second_run_too(self, run: Callable[[], object]) -> None:
+        """Every run under one install() is watched from its first step."""
+        watcher = offload.monitor.install(THRESHOLD, log=False)
+        try:
+            run()
+            run()
+        finally:
+            watcher.uninstall()
+
+        assert [event.site and event.site.name for event in long_events(watcher)] == [
+            "spin",
+            "spin",
+        ]
+
+
+def spin_then_sleep_around(short: float) -> None:
+    time.sleep(short)
+    spin(2 * short)
+    time.sleep(short)
+
+
+class TestSiteIsWhereTheTimeWent:
+    """The site is the site of the step that took the most time, whatever its kind."""
+
+    async def test_longest_site_wins_over_the_kind_of_most_time(self) -> None:
+        """Sleep, compute twice as long, sleep: the site is the computation, and so is the fix."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            spin_then_sleep_around(BLOCK / 2)
+
+        event = only_event(monitor)
+        assert [share.site.name for share in event.split] == ["spin_then_sleep_around", "spin"] + [
+            "spin_then_sleep_around"
+        ]
+        assert event.site is not None
+        assert event.site.name == "spin"
+        main = max(event.split, key=lambda share: share.duration)
+        assert (main.site, main.kind) == (event.site, "cpu")
+        assert event.fix == "decorate spin() with @offload.process and await it"
+
+
+def make_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> types.ModuleType:
+    """Install a module as a third-party package would be: found in site-packages."""
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    (site_dir / "blocklib.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(site_dir))  # pyright: ignore[reportUnknownMemberType]
+    places = _monitor._Places()
+    places._site.insert(0, os.path.normcase(os.path.realpath(site_dir)) + os.sep)
+    monkeypatch.setattr(_monitor, "_places", places)
+    monkeypatch.delitem(sys.modules, "blocklib", raising=False)
+    return importlib.import_module("blocklib")
+
+
+LIBRARY = """
+    import threading
+    import time
+
+
+    def spin(seconds):
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            pass
+
+
+    async def get(url):
+        time.sleep(0.3)
+        return url
+
+
+    class Client:
+        def __init__(self, seconds):
+            self._lock = threading.Lock()
+            spin(seconds)
+
+        def crunch(self, seconds):
+            spin(seconds)
+"""
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def crunch(self) -> None:
+        spin(BLOCK)
+
+
+class TestFixes:
+    """Every fix works when pasted in."""
+
+    async def test_sleep_becomes_the_backends_sleep(
+        self, anyio_backend: tuple[str, object]
+    ) -> None:
+        """``time.sleep(x)`` in a coroutine gets the running backend's own sleep."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            time.sleep(BLOCK)  # noqa: ASYNC251
+
+        assert only_event(monitor).fix == f"await {anyio_backend[0]}.sleep(BLOCK)"
+
+    async def test_async_library_call_is_not_offloaded(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A library coroutine that blocks inside is named, never offloaded."""
+        library = make_library(tmp_path, monkeypatch, LIBRARY)
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            line = next_line()
+            await library.get("https://example.org")
+
+        event = only_event(monitor)
+        assert event.site is not None
+        assert event.site.lineno == line
+        assert "offload.call(library.get" not in event.fix
+        assert event.fix.startswith("library.get() is async and blocks the loop inside blocklib")
+
+    async def test_class_is_not_sent_to_a_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Building a library's object goes to a thread: the object could not come back."""
+        library = make_library(tmp_path, monkeypatch, LIBRARY)
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            library.Client(BLOCK)
+
+        event = only_event(monitor)
+        assert event.kind == "cpu"
+        assert event.fix == "await offload.call(library.Client, BLOCK)"
+
+    async def test_method_of_unpicklable_object_is_not_sent(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A library method of an object that does not pickle goes to a thread."""
+        library = make_library(tmp_path, monkeypatch, LIBRARY)
+        client = library.Client(0)
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            client.crunch(BLOCK)
+
+        assert only_event(monitor).fix == "await offload.call(client.crunch, BLOCK)"
+
+    async def test_user_method_moves_to_a_function(self) -> None:
+        """A method of the user's is not decorated for a process: its object would travel."""
+        holder = Holder()
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            holder.crunch()
+
+        event = only_event(monitor)
+        assert event.site is not None
+        assert event.site.name == "spin"  # the innermost user frame; then its caller:
+        assert "@offload.process" in event.fix
+
+    async def test_local_function_moves_to_module_level(self) -> None:
+        """A local function cannot reach a process: the fix says to move it to module level."""
+
+        def crunch_locally() -> None:
+            deadline = time.perf_counter() + BLOCK
+            while time.perf_counter() < deadline:
+                pass
+
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            crunch_locally()
+
+        assert only_event(monitor).fix == (
+            "move crunch_locally() to module level and decorate it with @offload.process "
+            "and await it"
+        )
+
+    async def test_outer_slow_call_is_named(self) -> None:
+        """In ``json.dumps(list(range(n)))`` the slow call, the outer one, is offloaded."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            line = next_line()
+            json.dumps(list(range(3_000_000)))
+
+        # A C call that holds the GIL is seen when it returns: a busy machine can leave some
+        # of its time on the next line (the with block's exit). The line's own fix must hold.
+        fixes = {
+            share.fix
+            for event in monitor.events
+            for share in event.split
+            if share.site.lineno == line
+        }
+        assert fixes == {"await offload.process.call(json.dumps, list(range(3000000)))"}
+
+
+def lazy_import_tree(tmp_path: Path) -> None:
+    """Make a package whose import imports another that blocks while it loads."""
+    package = tmp_path / "lazypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import inner\n")
+    (package / "inner.py").write_text("from . import deepest\n")
+    (package / "deepest.py").write_text("import time\n\ntime.sleep(0.3)\n")
+
+
+class TestImportMachinery:
+    """A stall inside a lazy import logs the import machinery as one line."""
+
+    async def test_frames_are_folded(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Runs of importlib frames become one line in the log; the stack keeps them."""
+        lazy_import_tree(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))  # pyright: ignore[reportUnknownMemberType]
+        for name in ("lazypkg", "lazypkg.inner", "lazypkg.deepest"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+
+        caplog.set_level(logging.WARNING, logger="offload")
+        with offload.monitor(THRESHOLD) as monitor:
+            await anyio.lowlevel.checkpoint()
+            importlib.import_module("lazypkg")
+
+        event = only_event(monitor)
+        assert any(frame.filename.startswith("<frozen importlib") for frame in event.stack)
+        message = str(event)
+        assert "<frozen importlib" not in message
+        assert message.count("frames of Python's import machinery]") == 3
+        assert 'deepest.py", line 3, in <module>' in message
+        assert event.fix.startswith("importing lazypkg.deepest blocks the loop while its code")
+        assert message in [record.getMessage() for record in caplog.records]
+
+
+def gil_hog(stop: threading.Event) -> None:
+    while not stop.is_set():
+        pass
+
+
+HOG_LINE = gil_hog.__code__.co_firstlineno + 1
+
+
+class TestBusyThreads:
+    """Starvation names the threads that held the GIL, and the function each ran."""
+
+    async def test_offloaded_hogs_are_named(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Offloaded CPU-bound functions that starve the loop are its busy_threads."""
+        caplog.set_level(logging.WARNING, logger="offload")
+        stop = threading.Event()
+        pool = new_pool(max_workers=6)
+        monitor = offload.monitor(0.05)
+
+        async def hog() -> None:
+            await pool.call(gil_hog, stop)
+
+        try:
+            async with pool, anyio.create_task_group() as tasks:
+                for _ in range(6):
+                    tasks.start_soon(hog)
+
+                await until(lambda: pool.stats().busy == 6)
+                with monitor:
+                    await until(
+                        lambda: any(e.busy_threads for e in monitor.events),
+                        "a starvation event that names its threads",
+                    )
+
+                stop.set()
+        finally:
+            stop.set()
+
+        event = next(event for event in monitor.events if event.busy_threads)
+        assert event.kind == "starvation"
+        assert event.site is None
+        assert isinstance(event.busy_threads[0], offload.ThreadShare)
+        for busy in event.busy_threads:
+            assert busy.name.startswith(f"offload-{pool.name}-")
+            assert busy.site is not None
+            assert busy.site.name == "gil_hog"
+            assert busy.site.lineno in (HOG_LINE, HOG_LINE + 1)  # the loop's two lines
+            assert 0 < busy.share <= 1
+
+        assert event.fix.startswith(f"gil_hog() in thread 'offload-{pool.name}-")
+        assert "decorate gil_hog() with @offload.process instead of a thread" in event.fix
+        busiest = event.busy_threads[0].site
+        assert busiest is not None
+        assert f"test_monitor.py:{busiest.lineno} in gil_hog" in str(event)
+        assert str(event) in [record.getMessage() for record in caplog.records]
+        [row] = [row for row in monitor.report().rows if row.kind == "starvation"]
+        assert row.busy_threads
+        assert {busy.site.name if busy.site else "" for busy in row.busy_threads} == {"gil_hog"}
+        assert "in gil_hog" in str(monitor.report())
+
+
+def two_sites() -> None:
+    time.sleep(BLOCK / 2)
+    spin(BLOCK)
+
+
+class TestReportCounts:
+    """The report's summary and its rows agree."""
+
+    async def test_one_event_at_two_sites(self) -> None:
+        """One step that blocked at two sites reads as one event at two sites, one row each."""
+        with offload.monitor(THRESHOLD, log=False) as monitor:
+            await anyio.lowlevel.checkpoint()
+            two_sites()
+
+        only_event(monitor)
+        report = monitor.report()
+        text = str(report)
+        assert [row.count for row in report.rows] == [1, 1]
+        first = text.splitlines()[0]
+        assert first.startswith("offload.monitor: 1 event past 0.1 s, ")
+        assert first.endswith(
+            "s in all, at 2 sites (an event that blocked at several sites counts in each):"
+        )
+        assert text.splitlines()[2].split()[0] == "events"
+
+    def test_header_counts_sites_and_kinds(self) -> None:
+        """The first line counts the events, the sites, and the kinds with no line to blame."""
+        site = traceback.FrameSummary("app.py", 1, "main", line="x()")
+        rows = (
+            ReportRow(kind="cpu", site=site, count=2, total=1.0, max=0.6, fix="f"),
+            ReportRow(kind="starvation", site=None, count=1, total=0.25, max=0.25, fix="g"),
+        )
+        text = str(Report(threshold=0.1, events=3, rows=rows))
+        assert text.splitlines()[0] == (
+            "offload.monitor: 3 events past 0.1 s, 1.25 s in all, at 1 site; starvation, "
+            "with no single line to blame:"
+        )
+        assert sum(row.count for row in rows) == 3

@@ -35,6 +35,25 @@ class TestSurface:
             if inspect.isclass(obj):
                 typing.get_type_hints(obj)
 
+    def test_monitor_records(self) -> None:
+        """The monitor's records, ``ThreadShare`` among them, are public frozen dataclasses."""
+        for record in (
+            offload.BlockingEvent,
+            offload.SiteShare,
+            offload.ThreadShare,
+            offload.Report,
+            offload.ReportRow,
+        ):
+            assert record.__name__ in offload.__all__
+            assert dataclasses.is_dataclass(record)
+            assert getattr(record, "__dataclass_params__").frozen  # noqa: B009
+
+        assert [field.name for field in dataclasses.fields(offload.ThreadShare)] == [
+            "name",
+            "site",
+            "share",
+        ]
+
     def test_error_tree(self) -> None:
         """Every offload error is an ``OffloadError``."""
         for error in (

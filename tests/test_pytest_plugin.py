@@ -65,7 +65,7 @@ class TestOption:
                 "event loop blocked for 0.* s: a blocking call*",
                 f"  at test_fails_a_blocking_test.py:{line} in test_blocks",
                 "    time.sleep(0.3)",
-                "  fix: await offload.call(time.sleep, 0.3)",
+                "  fix: await *.sleep(0.3)",
                 "Stack (most recent call last):",
             ]
         )
@@ -269,3 +269,73 @@ async def test_saturates():
                 "event loop blocked for * s: saturation: many short steps, none blocking alone",
             ]
         )
+
+
+FIRST_STEP_TEST = """
+
+def compute(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+@pytest.mark.anyio
+async def test_blocks_at_once():
+    compute(6_000_000)
+    time.sleep(0.15)
+"""
+
+STARVING_TEST = """
+import threading
+
+import offload
+
+
+def crunch(stop):
+    while not stop.is_set():
+        pass
+
+
+@pytest.mark.anyio
+async def test_starved():
+    stop = threading.Event()
+    async with anyio.create_task_group() as tasks:
+        for _ in range(8):
+            tasks.start_soon(offload.call, crunch, stop)
+
+        until = time.perf_counter() + 1.0
+        while time.perf_counter() < until:
+            await anyio.sleep(0.005)
+
+        stop.set()
+"""
+
+
+class TestAsPeopleFirstMeetIt:
+    """The plugin on the blog posts' cases, on asyncio, uvloop and trio."""
+
+    def test_block_in_the_first_step(self, pytester: pytest.Pytester) -> None:
+        """A test that blocks on its first line fails, at the site that took the most time."""
+        path = pytester.makepyfile(BACKENDS + FIRST_STEP_TEST)
+        lines = path.read_text().splitlines()
+        loop_line = lines.index("        total += i * i") + 1
+        sleep_line = lines.index("    time.sleep(0.15)") + 1
+        result = pytester.runpytest("--offload-fail-on-blocking", str(path))
+        result.assert_outcomes(failed=3)
+        out = result.stdout.str()
+        name = "test_block_in_the_first_step.py"
+        assert out.count(f"  at {name}:{loop_line} in compute") == 3
+        assert out.count("  fix: decorate compute() with @offload.process and await it") == 3
+        assert out.count(f"{name}:{sleep_line} in test_blocks_at_once: time.sleep(0.15)") == 3
+
+    def test_starvation_names_the_busy_function(self, pytester: pytest.Pytester) -> None:
+        """Starvation does not fail a test; its section names the offloaded function."""
+        path = pytester.makepyfile(BACKENDS + STARVING_TEST)
+        line = path.read_text().splitlines().index("    while not stop.is_set():") + 1
+        result = pytester.runpytest("--offload-fail-on-blocking=0.05", "-rA", str(path))
+        result.assert_outcomes(passed=3)
+        out = result.stdout.str()
+        assert out.count("Captured offload call") == 3
+        assert f"test_starvation_names_the_busy_function.py:{line} in crunch" in out
+        assert "decorate crunch() with @offload.process instead of a thread" in out

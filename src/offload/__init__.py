@@ -19,6 +19,7 @@ from ._monitor import Monitor as Monitor
 from ._monitor import Report as Report
 from ._monitor import ReportRow as ReportRow
 from ._monitor import SiteShare as SiteShare
+from ._monitor import ThreadShare as ThreadShare
 from ._monitor import monitor as monitor
 from ._pools import CallFunction as _CallFunction
 from ._pools import CancelPolicy as CancelPolicy
@@ -65,6 +66,7 @@ __all__ = (
     "ThreadDecorator",
     "ThreadPool",
     "ThreadSettings",
+    "ThreadShare",
     "TimingSummary",
     "WorkerCrashed",
     "call",

@@ -110,6 +110,10 @@ def _as_json(report: Report, events: list[BlockingEvent]) -> dict[str, Any]:
                 "cpu": event.cpu,
                 "loop": event.loop,
                 "started": event.started,
+                "busy_threads": [
+                    {"name": busy.name, "site": _frame(busy.site), "share": busy.share}
+                    for busy in event.busy_threads
+                ],
             }
             for event in events
         ],

@@ -15,21 +15,24 @@ How it works:
   computation (``cpu``).
 * **The rest.** Time spent in many short steps, or in the loop's own code, is ``saturation``
   when the loop thread was busy, and ``starvation`` when it was ready but other threads held
-  the GIL or the CPUs. Neither is blamed on a line.
+  the GIL or the CPUs. Neither is blamed on a line; the other threads, looked at every 5 ms
+  during a stall, are named in ``busy_threads``.
+* **From the first step.** A watch beats as its loop starts (asyncio: as ``run_forever``
+  sets the async generator hooks; trio: an instrument's ``before_run``), so the first step,
+  which runs before any callback of ours, is watched too.
 
-A C call that holds the GIL (``json.dumps``' encoder) stops the watchdog too: it is seen, and
-blamed, when it returns.
+A C call that holds the GIL (``json.dumps``' encoder) stops the watchdog too: it is seen when
+it returns, and blamed on the site of the look before it, where it began. The fixes are in
+``_monitor_fixes``.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import enum
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
 import linecache
 import logging
 import os
@@ -51,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from typing_extensions import Self
 
 from . import _alarm
+from ._monitor_fixes import advice, busy_advice, positions
 
 if TYPE_CHECKING:
     import trio
@@ -62,6 +66,7 @@ __all__ = (
     "Report",
     "ReportRow",
     "SiteShare",
+    "ThreadShare",
     "monitor",
 )
 
@@ -91,6 +96,7 @@ _STARVATION_FIX: Final = (
 )
 
 _SAMPLE_INTERVAL: Final = 0.001
+_OTHERS_EVERY: Final = 0.005  # how often a stall looks at the other threads too
 _GIL_FREE_GAP: Final = 0.0025  # half of CPython's default switch interval
 _MAX_EVENTS: Final = 10_000
 _MAX_SPLIT: Final = 8
@@ -134,6 +140,22 @@ class SiteShare:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadShare:
+    """A thread that kept the CPUs or the GIL while the loop starved.
+
+    Attributes:
+        name: the thread's name (``threading.Thread.name``).
+        site: its innermost frame of user code where it spent the most time (for an
+            offloaded function, that function), or ``None`` if it ran no user code.
+        share: the fraction of the stall it spent on a CPU.
+    """
+
+    name: str
+    site: traceback.FrameSummary | None
+    share: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BlockingEvent:
     """The event loop did not turn for longer than the monitor's threshold.
 
@@ -141,12 +163,13 @@ class BlockingEvent:
 
     Attributes:
         duration: seconds the loop did not turn (for ``blocking`` and ``cpu``: the one step).
-        kind: ``"blocking"`` (the loop thread waited in a blocking call), ``"cpu"`` (it
-            computed), ``"saturation"`` (many short steps, none blocking alone) or
-            ``"starvation"`` (it was ready to run, but other threads held the GIL or the CPUs).
+        kind: what the step did most: ``"blocking"`` (the loop thread waited in a blocking
+            call), ``"cpu"`` (it computed), ``"saturation"`` (many short steps, none blocking
+            alone) or ``"starvation"`` (it was ready to run, but other threads held the GIL or
+            the CPUs).
         site: the innermost frame of user code (not the standard library, site-packages or
-            offload) where the loop spent the most time; ``None`` for saturation and
-            starvation, which no line causes.
+            offload) where the step spent the most time (its kind is in ``split``); ``None``
+            for saturation and starvation, which no line causes.
         leaf: the innermost Python frame at that site, wherever it is.
         stack: the step's stack at that site, outermost first (empty without a site).
         split: how the time split between sites when one step blocked in several, in the
@@ -159,6 +182,8 @@ class BlockingEvent:
             platform has no per-thread CPU clock.
         loop: which loop it was, e.g. ``"asyncio loop in thread 'MainThread'"``.
         started: when the loop stopped turning, as a ``time.time()`` timestamp.
+        busy_threads: for starvation (and saturation that other threads slowed down), the
+            other threads that held the GIL or the CPUs, the busiest first.
     """
 
     duration: float
@@ -173,6 +198,7 @@ class BlockingEvent:
     cpu: float | None
     loop: str
     started: float
+    busy_threads: tuple[ThreadShare, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"event loop blocked for {self.duration:.3f} s: {_KIND_TEXT[self.kind]}"]
@@ -191,9 +217,13 @@ class BlockingEvent:
                 for share in self.split
             )
 
+        if self.busy_threads:
+            lines.append("  threads that held the GIL or the CPUs:")
+            lines.extend(f"    {_thread_text(busy)}" for busy in self.busy_threads)
+
         if self.stack:
             lines.append("Stack (most recent call last):")
-            lines.append("".join(self.stack.format()).rstrip("\n"))
+            lines.append(_format_stack(self.stack))
 
         return "\n".join(lines)
 
@@ -205,10 +235,12 @@ class ReportRow:
     Attributes:
         kind: the kind that took the most time here.
         site: the site, or ``None`` for saturation and starvation.
-        count: how many events involved this site.
+        count: how many events involved this site (one event can involve several sites).
         total: seconds the loop spent blocked here, over all events.
         max: the longest time in one event.
         fix: how to stop it, in offload's API.
+        busy_threads: for starvation (and saturation), the threads that held the GIL or the
+            CPUs, by site, each with its share of ``total``.
     """
 
     kind: BlockingKind
@@ -217,6 +249,7 @@ class ReportRow:
     total: float
     max: float
     fix: str
+    busy_threads: tuple[ThreadShare, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,28 +271,81 @@ class Report:
             return f"offload.monitor: the event loop never blocked past {self.threshold:g} s."
 
         total = sum(row.total for row in self.rows)
+        sites = sum(row.site is not None for row in self.rows)
+        kinds = [row.kind for row in self.rows if row.site is None]
+        shared = sum(row.count for row in self.rows) > self.events
         lines = [
             (
-                f"offload.monitor: {self.events} event{'s' if self.events != 1 else ''} past "
-                f"{self.threshold:g} s, {total:.2f} s of event loop time in all"
+                f"offload.monitor: {_plural(self.events, 'event')} past {self.threshold:g} s, "
+                f"{total:.2f} s in all"
+                + (f", at {_plural(sites, 'site')}" if sites else "")
+                + (" (an event that blocked at several sites counts in each)" if shared else "")
+                + (f"; {_and(kinds)}, with no single line to blame" if kinds else "")
+                + ":"
             ),
             "",
-            f"{'count':>6} {'total':>9} {'max':>9}  {'kind':<11} where",
+            f"{'events':>6} {'total':>9} {'max':>9}  {'kind':<11} where",
         ]
         indent = " " * 39
         for row in self.rows:
-            where = "(no single line)" if row.site is None else _where(row.site)
+            where_text = "(no single line)" if row.site is None else _where(row.site)
             lines.append(
-                f"{row.count:>6} {row.total:>7.3f} s {row.max:>7.3f} s  {row.kind:<11} {where}"
+                f"{row.count:>6} {row.total:>7.3f} s {row.max:>7.3f} s  {row.kind:<11} "
+                f"{where_text}"
             )
             if row.site is not None:
                 code = _code_text(row.site)
                 if code:
                     lines.append(f"{indent}  {code}")
 
+            lines.extend(f"{indent}  {_thread_text(busy)}" for busy in row.busy_threads)
             lines.append(f"{indent}  fix: {row.fix}")
 
         return "\n".join(lines)
+
+
+def _import_machinery(frame: traceback.FrameSummary) -> bool:
+    filename = frame.filename
+    return filename.startswith("<frozen importlib.") or filename == _IMPORTLIB
+
+
+_IMPORTLIB: Final = importlib.__file__
+
+
+def _format_stack(stack: traceback.StackSummary) -> str:
+    """Format a stack as a traceback does, with Python's import machinery folded."""
+    parts: list[str] = []
+    folded = 0
+    for frame in stack:
+        if _import_machinery(frame):
+            folded += 1
+            continue
+
+        if folded:
+            parts.append(f"  [{folded} frames of Python's import machinery]\n")
+            folded = 0
+
+        parts.extend(traceback.StackSummary.from_list([frame]).format())
+
+    if folded:
+        parts.append(f"  [{folded} frames of Python's import machinery]\n")
+
+    return "".join(parts).rstrip("\n")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _thread_text(busy: ThreadShare) -> str:
+    where = "no user code" if busy.site is None else _where(busy.site)
+    code = _code_text(busy.site) if busy.site is not None else ""
+    name = busy.name if busy.name.endswith(" threads") else f"thread {busy.name!r}"
+    return f"{busy.share:4.0%} {name}  {where}" + (f": {code}" if code else "")
 
 
 def _where(site: traceback.FrameSummary) -> str:
@@ -496,9 +582,13 @@ class _Watch:
         except OSError:  # pragma: no cover - the thread is gone
             return None
 
-    def beat(self, below: types.FrameType | None) -> None:
-        """Record that the loop turned; ``below`` is the frame under the beating callback."""
-        codes: list[types.CodeType] = []
+    def beat(self, below: types.FrameType | None, also: tuple[types.CodeType, ...] = ()) -> None:
+        """Record that the loop turned; ``below`` is the frame under the beating callback.
+
+        ``also`` adds the code of the loop's machinery that ``below`` does not show yet: at the
+        start of a run, before its first step, the frames that will dispatch the steps.
+        """
+        codes: list[types.CodeType] = list(also)
         while below is not None:
             codes.append(below.f_code)
             below = below.f_back
@@ -569,13 +659,20 @@ class _AsyncioWatch(_Watch):
         return self._loop()
 
     def start(self, below: types.FrameType | None, known: bool) -> None:
-        """Start beating; ``known`` says ``below`` is the loop's machinery, so watch at once."""
+        """Start beating, and watch at once.
+
+        ``known`` says ``below`` is the loop's machinery under a task. Otherwise the loop is
+        starting its run (``below`` called ``sys.set_asyncgen_hooks``) and the first step, the
+        main task's, runs before any callback of ours: the first beat is now, with the code
+        that will dispatch the steps, and the next beat learns the machinery as it is.
+        """
         loop = self._loop()
         assert loop is not None
         if known:
             self.beat(below)
             self._handle = loop.call_later(self.interval, self._on_beat)
         else:
+            self.beat(below, _asyncio_dispatch())
             self._handle = loop.call_soon(self._on_beat)
 
     def _on_beat(self) -> None:
@@ -612,8 +709,27 @@ class _AsyncioWatch(_Watch):
         return self.stopped or loop is None or loop.is_closed()
 
 
+def _asyncio_dispatch() -> tuple[types.CodeType, ...]:
+    """The code of the stdlib loop that runs each step under ``run_forever`` (none: uvloop)."""
+    codes: list[types.CodeType] = []
+    for owner, name in (
+        (asyncio.base_events.BaseEventLoop, "_run_once"),
+        (asyncio.events.Handle, "_run"),
+    ):
+        code = getattr(getattr(owner, name, None), "__code__", None)
+        if isinstance(code, types.CodeType):
+            codes.append(code)
+
+    return tuple(codes)
+
+
 class _TrioWatch(_Watch):
-    """A heartbeat on a trio run: a system task, which the run cancels when it ends."""
+    """A heartbeat on a trio run: a system task, which the run cancels when it ends.
+
+    A run's watch starts before its first task (an instrument's ``before_run``), so the
+    tasks a program starts at launch are watched from their first step; the heartbeat task
+    joins as soon as the run can take system tasks.
+    """
 
     __slots__ = ("_ended", "_scope", "_token")
 
@@ -626,12 +742,23 @@ class _TrioWatch(_Watch):
         self._ended = False
 
     def start(self, below: types.FrameType | None, known: bool) -> None:
+        """Beat now, and start the heartbeat task (once the run can take one)."""
+        self.beat(below)
+        if known:
+            self._spawn()
+        else:
+            self._token.run_sync_soon(self._spawn)
+
+    def _spawn(self) -> None:
         import trio
 
-        if known:
-            self.beat(below)
+        if not self.stopped:
+            trio.lowlevel.spawn_system_task(self._heartbeat, name="offload.monitor heartbeat")
 
-        trio.lowlevel.spawn_system_task(self._heartbeat, name="offload.monitor heartbeat")
+    def ended(self) -> None:
+        """The run ended (``after_run``), whether or not the heartbeat ever started."""
+        self._ended = True
+        self.stop()
 
     async def _heartbeat(self) -> None:
         import trio
@@ -728,8 +855,15 @@ class _SiteAcc:
     starved: float = 0.0
     free_cpu: float = 0.0  # CPU time while the watchdog got the GIL at once: C without the GIL
     contended: float = 0.0  # off-CPU time of intervals that computed in part
+    # Time by instruction of the site's frame: a line of several calls is blamed on the one
+    # that took the time, not the one the first sample saw.
+    at: dict[int, float] = field(default_factory=dict[int, float])
+    last: int = -1
 
     def merge(self, other: _SiteAcc) -> None:
+        for lasti, spent in other.at.items():
+            self.at[lasti] = self.at.get(lasti, 0.0) + spent
+
         self.time += other.time
         self.cpu += other.cpu
         self.starved += other.starved
@@ -818,6 +952,8 @@ class _Segment:
             if acc is None:
                 acc = self.sites[sample.site_key] = _SiteAcc(sample.frames, sample.site)
 
+            acc.last = sample.frames[sample.site].lasti
+
         self.last = acc
         self.add_time(dt, share, moved)
 
@@ -829,6 +965,7 @@ class _Segment:
         self.cpu += share * dt
         self.starved += low
         if self.last is not None:
+            self.last.at[self.last.last] = self.last.at.get(self.last.last, 0.0) + dt
             self.last.time += dt
             self.last.cpu += share * dt
             self.last.starved += low
@@ -851,6 +988,85 @@ class _Segment:
                 self.sites[key] = acc
             else:
                 mine.merge(acc)
+
+
+class _OtherThread:
+    """Another thread, as the watchdog saw it during a stall: its CPU time and its sites."""
+
+    __slots__ = (
+        "clock",
+        "cpu0",
+        "cpu1",
+        "looks",
+        "moved",
+        "name",
+        "native_id",
+        "prev",
+        "runnable",
+        "sites",
+        "t0",
+        "t1",
+    )
+
+    def __init__(self, ident: int, thread: threading.Thread | None, now: float) -> None:
+        self.name = thread.name if thread is not None else str(ident)
+        self.native_id = thread.native_id if thread is not None else None
+        self.clock = _thread_clock(ident)
+        self.cpu0 = self.cpu1 = self._cpu()
+        self.t0 = self.t1 = now
+        self.looks = self.moved = self.runnable = 0
+        self.prev: tuple[int, int] | None = None
+        self.sites: dict[tuple[types.CodeType, int | None], list[Any]] = {}  # [count, record]
+
+    def _cpu(self) -> float | None:
+        if self.clock is None:
+            return None
+
+        try:
+            return time.clock_gettime(self.clock)
+        except OSError:  # the thread ended
+            return None
+
+    def read_clock(self, now: float) -> None:
+        cpu = self._cpu()
+        if cpu is not None:
+            self.cpu1, self.t1 = cpu, now
+
+    def look(self, leaf: types.FrameType, now: float) -> None:
+        self.read_clock(now)
+
+        key = (id(leaf.f_code), leaf.f_lasti)
+        self.moved += self.prev is not None and key != self.prev
+        if self.native_id is not None:
+            self.runnable += _runnable(self.native_id) is True
+        self.prev = key
+        self.looks += 1
+        places = _get_places()
+        frame: types.FrameType | None = leaf
+        while frame is not None and places(frame.f_code.co_filename) != _USER:
+            frame = frame.f_back
+
+        if frame is not None:
+            record = _FrameRec(frame, frame.f_lineno, frame.f_lasti)
+            seen = self.sites.setdefault((frame.f_code, frame.f_lineno), [0, record])
+            seen[0] += 1
+
+    def timed(self) -> bool:
+        """Whether it was watched long enough for its CPU clock to tell its share."""
+        return self.cpu0 is not None and self.cpu1 is not None and self.t1 - self.t0 >= 0.02
+
+    def share(self) -> float:
+        """The share of the time it was watched that it spent on a CPU."""
+        if self.cpu0 is not None and self.cpu1 is not None and self.t1 > self.t0:
+            return min(max((self.cpu1 - self.cpu0) / (self.t1 - self.t0), 0.0), 1.0)
+
+        return self.moved / (self.looks - 1) if self.looks > 1 else 0.0
+
+    def site(self) -> _FrameRec | None:
+        if not self.sites:
+            return None
+
+        return max(self.sites.values(), key=lambda seen: seen[0])[1]  # type: ignore[no-any-return]
 
 
 class _Stall:
@@ -880,14 +1096,21 @@ class _Stall:
         self.process0 = self.own0 = 0.0
         self.system0: tuple[int, int] | None = None
         self.loop0: float | None = None
+        self.others: dict[int, _OtherThread] = {}
+        self.others_t = -1.0
 
     def sample(self) -> _Sample:
         """Look at the loop thread now: its clock, its CPU clock and its stack, together."""
         watch = self.watch
         now = time.perf_counter()
         cpu = watch.read_cpu()
-        sample = _Sample(sys._current_frames().get(watch.thread_id), watch.prefix)
+        frames = sys._current_frames()
+        sample = _Sample(frames.get(watch.thread_id), watch.prefix)
         sample.locate()
+        if now - self.others_t >= _OTHERS_EVERY:
+            self.others_t = now
+            self._look_at_others(frames, now)
+
         if self.samples == 0:
             self._begin(now, cpu)
 
@@ -909,6 +1132,12 @@ class _Stall:
                 moved = runnable
         key = sample.root if sample.step else None
         current = self.current
+        if self.samples and gap > self.held_gap and share >= 0.2 and current is not None:
+            # The loop thread held the GIL since the last look: a C call that began after it,
+            # at the last look's site. This look lands wherever the call returned to.
+            current.add_time(dt, share, moved=True)
+            self.attr_t, dt = now, 0.0
+
         if current is None or current.root is not key or current.step != sample.step:
             if current is not None:
                 self._close(current)
@@ -923,6 +1152,41 @@ class _Stall:
             self.detected = now - self.start
 
         return sample
+
+    def _look_at_others(self, frames: dict[int, types.FrameType], now: float) -> None:
+        """Note where the other threads are and their CPU clocks: they may be starving us."""
+        skip = (self.watch.thread_id, threading.get_ident())
+        threads: dict[int | None, threading.Thread] | None = None
+        for ident, leaf in frames.items():
+            if ident in skip:
+                continue
+
+            other = self.others.get(ident)
+            if other is None:
+                if threads is None:
+                    threads = {thread.ident: thread for thread in threading.enumerate()}
+
+                other = self.others[ident] = _OtherThread(ident, threads.get(ident), now)
+
+            other.look(leaf, now)
+
+    def busy_threads(self) -> list[tuple[_OtherThread, float]]:
+        """The other threads that were on a CPU for 2% of the stall or more, busiest first."""
+        now = time.perf_counter()
+        for other in self.others.values():
+            other.read_clock(now)  # the stall just ended: its clock now closes the interval
+
+        others = list(self.others.values())
+        if others and not any(other.timed() for other in others):
+            # Starved of the GIL itself, the watchdog saw the others only as the stall ended:
+            # too briefly to time them. Those running then shared the GIL with the loop.
+            running = [other for other in others if other.runnable]
+            return [(other, 1 / (len(running) + 1)) for other in running][:_MAX_SPLIT]
+
+        busy = [(other, other.share()) for other in others]
+        busy = [(other, share) for other, share in busy if share >= 0.02]
+        busy.sort(key=lambda pair: pair[1], reverse=True)
+        return busy[:_MAX_SPLIT]
 
     def _begin(self, now: float, cpu: float | None) -> None:
         """Estimate when the loop stopped turning, at the first sample."""
@@ -1007,20 +1271,11 @@ class _Stall:
 
 if sys.version_info >= (3, 11):
 
-    def _positions(code: types.CodeType, lasti: int) -> tuple[int | None, int | None, int | None]:
-        """Return (end_lineno, colno, end_colno) of the instruction at ``lasti``."""
-        if lasti >= 0:
-            for index, position in enumerate(code.co_positions()):
-                if index == lasti // 2:
-                    return position[1], position[2], position[3]
-
-        return None, None, None
-
     def _summary(record: _FrameRec) -> traceback.FrameSummary:
         frame = record.frame
         code = frame.f_code
         linecache.lazycache(code.co_filename, frame.f_globals)
-        end_lineno, colno, end_colno = _positions(code, record.lasti)
+        end_lineno, colno, end_colno = positions(code, record.lasti)
         return traceback.FrameSummary(
             code.co_filename,
             record.lineno,
@@ -1032,102 +1287,11 @@ if sys.version_info >= (3, 11):
 
 else:
 
-    def _positions(code: types.CodeType, lasti: int) -> tuple[int | None, int | None, int | None]:
-        """Return (end_lineno, colno, end_colno): unknown before Python 3.11."""
-        return None, None, None
-
     def _summary(record: _FrameRec) -> traceback.FrameSummary:
         frame = record.frame
         code = frame.f_code
         linecache.lazycache(code.co_filename, frame.f_globals)
         return traceback.FrameSummary(code.co_filename, record.lineno, code.co_name)
-
-
-def _call_source(record: _FrameRec) -> str | None:
-    """Return the source of the call the frame is in, e.g. ``time.sleep(0.3)``."""
-    code = record.frame.f_code
-    filename = code.co_filename
-    lineno = record.lineno
-    if lineno is None:
-        return None
-
-    end_lineno, colno, end_colno = _positions(code, record.lasti)
-    if end_lineno is not None and colno is not None and end_colno is not None:
-        lines = [
-            linecache.getline(filename, number).encode()
-            for number in range(lineno, end_lineno + 1)
-        ]
-        if lines and all(lines):
-            if len(lines) == 1:
-                text = lines[0][colno:end_colno]
-            else:
-                text = lines[0][colno:] + b"".join(lines[1:-1]) + lines[-1][:end_colno]
-
-            return text.decode(errors="replace")
-
-    line = linecache.getline(filename, lineno).strip()
-    return line or None
-
-
-def _find_call(source: str) -> ast.Call | None:
-    tree: ast.AST
-    try:
-        tree = ast.parse(source.strip(), mode="eval")
-    except SyntaxError:
-        try:
-            tree = ast.parse(source.strip())
-        except SyntaxError:
-            return None
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            return node
-
-    return None
-
-
-def _fix(kind: _SiteKind, record: _FrameRec, user: bool, gil_free: bool = False) -> str:
-    """Say how to stop this site from blocking the loop, with offload's API.
-
-    Blocking calls, and computation that lets go of the GIL (hashing, compression, sqlite),
-    go to a thread; computation that holds the GIL goes to a process.
-    """
-    code = record.frame.f_code
-    pool, decorator = ("offload.call", "@offload.thread")
-    if kind == "cpu" and not gil_free:
-        pool, decorator = ("offload.process.call", "@offload.process")
-
-    coroutine = bool(code.co_flags & (inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR))
-    if not user:
-        return f"run the code that calls it with {decorator} (or await {pool}(fn, ...))"
-
-    if not coroutine:
-        return f"decorate {code.co_name}() with {decorator} and await it"
-
-    source = _call_source(record)
-    call = _find_call(source) if source else None
-    if call is None or isinstance(call.func, ast.Lambda):
-        if kind == "cpu" and not gil_free:
-            return (
-                "move this computation into a function decorated with @offload.process "
-                "and await it"
-            )
-
-        return f"run the blocking call with await {pool}(fn, *args)"
-
-    arguments = [ast.unparse(call.func)]
-    arguments.extend(ast.unparse(argument) for argument in call.args)
-    arguments.extend(
-        f"{keyword.arg}={ast.unparse(keyword.value)}"
-        if keyword.arg
-        else f"**{ast.unparse(keyword.value)}"
-        for keyword in call.keywords
-    )
-    text = ", ".join(arguments)
-    if len(text) > 72:
-        text = f"{arguments[0]}, ..."
-
-    return f"await {pool}({text})"
 
 
 class _Builder:
@@ -1151,6 +1315,23 @@ class _Builder:
         detected = self._stall.detected
         return duration if detected is None else min(detected, duration)
 
+    def _busy(self) -> tuple[tuple[ThreadShare, ...], str]:
+        """The threads that starved the loop, and the fix for the busiest."""
+        busy = self._stall.busy_threads()
+        shares = tuple(
+            ThreadShare(
+                name=other.name,
+                site=_summary(record) if (record := other.site()) is not None else None,
+                share=share,
+            )
+            for other, share in busy
+        )
+        if not busy:
+            return shares, _STARVATION_FIX
+
+        record = busy[0][0].site()
+        return shares, busy_advice(record.frame if record else None, busy[0][0].name)
+
     def _event(
         self,
         segment: _Segment,
@@ -1159,6 +1340,15 @@ class _Builder:
         fix: str = "",
     ) -> BlockingEvent:
         stall = self._stall
+        busy_threads: tuple[ThreadShare, ...] = ()
+        if kind == "starvation":
+            busy_threads, fix = self._busy()
+        elif kind == "saturation" and self._others_busy:
+            # Too much work per turn, slowed further by other threads: name them too.
+            busy_threads, busy_fix = self._busy()
+            if busy_threads:
+                fix = f"{fix}; other threads slowed it down: {busy_fix}"
+
         duration = segment.time
         cpu = segment.cpu / duration if duration > 0 else 0.0
         places = _get_places()
@@ -1166,24 +1356,35 @@ class _Builder:
         stack = _NO_STACK
         split: list[SiteShare] = []
         if shares:
-            main = max(
-                (pair for pair in shares if pair[1] == kind),
-                key=lambda pair: pair[0].time,
-                default=max(shares, key=lambda pair: pair[0].time),
-            )
+            # The site is where the step spent the most time, whatever its kind.
+            main = max(shares, key=lambda pair: pair[0].time)
+            backend = stall.watch.name.split(" ", 1)[0]
             for acc, site_kind in shares:
                 if acc.time < max(0.001, 0.01 * duration) and acc is not main[0]:
                     continue
 
                 record = acc.stack[acc.site]
-                user = places(record.frame.f_code.co_filename) == _USER
+                if acc.at:  # the instruction of this line that took the most time
+                    lasti = max(acc.at, key=lambda at: acc.at[at])
+                    record = _FrameRec(record.frame, record.lineno, lasti)
+
+                inner = acc.stack[acc.site + 1] if acc.site + 1 < len(acc.stack) else None
                 split.append(
                     SiteShare(
                         site=_summary(record),
                         duration=acc.time,
                         share=min(acc.time / duration, 1.0) if duration > 0 else 1.0,
                         kind=site_kind,
-                        fix=_fix(site_kind, record, user, acc.free_cpu >= acc.cpu / 2 > 0),
+                        fix=advice(
+                            site_kind,
+                            record.frame,
+                            record.lineno,
+                            record.lasti,
+                            user=places(record.frame.f_code.co_filename) == _USER,
+                            gil_free=acc.free_cpu >= acc.cpu / 2 > 0,
+                            callee=inner.frame.f_code if inner is not None else None,
+                            backend=backend,
+                        ),
                     )
                 )
                 if acc is main[0]:
@@ -1215,6 +1416,7 @@ class _Builder:
             cpu=cpu if stall.watch.clock is not None else None,
             loop=stall.watch.name,
             started=segment.start + self._wall_offset,
+            busy_threads=busy_threads,
         )
 
     def _site_kind(self, acc: _SiteAcc) -> _SiteKind:
@@ -1521,7 +1723,7 @@ class _Watchdog:
             site = summaries[sample.site]
             where = (
                 f" at {_where(site)}\n    {_code_text(site)}\nStack (most recent call last):\n"
-                + "".join(traceback.StackSummary.from_list(summaries).format()).rstrip("\n")
+                + _format_stack(traceback.StackSummary.from_list(summaries))
             )
 
         _logger.warning(
@@ -1617,7 +1819,7 @@ class _Hooks:
             firstiter = kwargs["firstiter"] if "firstiter" in kwargs else (args or [None])[0]
             owner = getattr(firstiter, "__self__", None)
             if isinstance(owner, asyncio.AbstractEventLoop):
-                self._asyncio_started(owner)
+                self._asyncio_started(owner, sys._getframe(1))
             else:
                 self._asyncio_stopped()
 
@@ -1656,9 +1858,9 @@ class _Hooks:
 
     # asyncio ---------------------------------------------------------------------------------
 
-    def _asyncio_started(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _asyncio_started(self, loop: asyncio.AbstractEventLoop, below: types.FrameType) -> None:
         for monitor in self.monitors():
-            monitor._asyncio_started(loop)
+            monitor._asyncio_started(loop, below)
 
     def _asyncio_stopped(self) -> None:
         for monitor in self.monitors():
@@ -1685,14 +1887,20 @@ class _Hooks:
 
         class _Instrument(trio.abc.Instrument):
             def before_run(self) -> None:
-                token = trio.lowlevel.current_trio_token()
-                token.run_sync_soon(hooks._trio_started)
+                hooks._trio_started(sys._getframe(1))
+
+            def after_run(self) -> None:
+                hooks._trio_ended()
 
         return _Instrument()
 
-    def _trio_started(self) -> None:
+    def _trio_started(self, below: types.FrameType) -> None:
         for monitor in self.monitors():
-            monitor._trio_started()
+            monitor._trio_started(below)
+
+    def _trio_ended(self) -> None:
+        for monitor in self.monitors():
+            monitor._trio_ended()
 
 
 def _wraps(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> None:
@@ -1736,13 +1944,40 @@ class _RowAcc:
     total: float = 0.0
     longest: float = 0.0
     by_kind: dict[BlockingKind, float] = field(default_factory=dict[BlockingKind, float])
+    # Busy threads by site: (name, site) of the busiest, and their seconds on a CPU.
+    busy: dict[object, tuple[ThreadShare, float, set[str]]] = field(
+        default_factory=dict[object, Any]
+    )
 
     def add(self, kind: BlockingKind, duration: float, fix: str) -> None:
         self.count += 1
         self.total += duration
-        self.longest = max(self.longest, duration)
+        if duration >= self.longest:  # the longest event's fix speaks for the row
+            self.longest = duration
+            self.fix = fix
+
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + duration
-        self.fix = fix
+
+    def add_busy(self, event: BlockingEvent) -> None:
+        for busy in event.busy_threads:
+            site = busy.site
+            key = (site.filename, site.lineno, site.name) if site is not None else busy.name
+            _, seconds, names = self.busy.get(key, (busy, 0.0, set[str]()))
+            names.add(busy.name)
+            self.busy[key] = (busy, seconds + busy.share * event.duration, names)
+
+    def busy_threads(self) -> tuple[ThreadShare, ...]:
+        shares = [
+            ThreadShare(
+                name=busy.name if len(names) == 1 else f"{len(names)} threads",
+                site=busy.site,
+                share=min(seconds / self.total, 1.0),
+            )
+            for busy, seconds, names in self.busy.values()
+            if self.total > 0
+        ]
+        shares.sort(key=lambda busy: busy.share, reverse=True)
+        return tuple(shares[:_MAX_SPLIT])
 
 
 class Monitor:
@@ -1823,6 +2058,7 @@ class Monitor:
                     total=acc.total,
                     max=acc.longest,
                     fix=acc.fix,
+                    busy_threads=acc.busy_threads(),
                 )
                 for acc in self._rows.values()
             ]
@@ -2010,10 +2246,18 @@ class Monitor:
             if loop is None or not loop.is_running():
                 watch.pause()
 
-    def _trio_started(self) -> None:
-        """A trio run started in this thread (installed monitors only)."""
+    def _trio_started(self, below: types.FrameType) -> None:
+        """A trio run starts in this thread, before its first task (installed monitors only)."""
         if self._watchdog is not None:
-            self._attach_trio(None, known=False)
+            self._attach_trio(below, known=False)
+
+    def _trio_ended(self) -> None:
+        """The trio run of this thread ended (installed monitors only)."""
+        watchdog = self._watchdog
+        if watchdog is not None:
+            for watch in watchdog.watches():
+                if isinstance(watch, _TrioWatch) and watch.on_loop_thread() and not watch.gone():
+                    watch.ended()
 
     # Events ----------------------------------------------------------------------------------
 
@@ -2036,6 +2280,7 @@ class Monitor:
                         acc = self._rows[event.kind] = _RowAcc(event.site, event.fix)
 
                     acc.add(event.kind, event.duration, event.fix)
+                    acc.add_busy(event)
 
         if self._log:
             for event in events:
