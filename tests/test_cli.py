@@ -293,7 +293,8 @@ class TestWatchAsPeopleFirstMeetIt:
         data = json.loads((tmp_path / "out.json").read_text())
         busy = [thread for event in data["events"] for thread in event["busy_threads"]]
         assert busy
-        assert {thread["site"]["name"] for thread in busy} == {"crunch"}
+        # A thread caught starting the next one is in offload's code, with no user site.
+        assert {thread["site"]["name"] for thread in busy if thread["site"]} == {"crunch"}
         assert all(0 < thread["share"] <= 1 for thread in busy)
 
     @pytest.mark.parametrize("backend", list(BLOG))

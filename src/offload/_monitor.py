@@ -1329,8 +1329,11 @@ class _Builder:
         if not busy:
             return shares, _STARVATION_FIX
 
-        record = busy[0][0].site()
-        return shares, busy_advice(record.frame if record else None, busy[0][0].name)
+        # The busiest thread in user code: one caught in offload's own code (starting the
+        # next worker thread, say) has no function to name.
+        top = next((other for other, _ in busy if other.site() is not None), busy[0][0])
+        record = top.site()
+        return shares, busy_advice(record.frame if record else None, top.name)
 
     def _event(
         self,
