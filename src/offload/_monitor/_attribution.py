@@ -62,14 +62,14 @@ class EventBuilder:
     def events(self) -> list[BlockingEvent]:
         stall = self._stall
         threshold = stall.threshold
-        events = [self._step(segment) for segment in stall.big]
+        events = [self._step(segment) for segment in stall.long_steps]
         if stall.rest.time >= threshold:
             events.append(self._rest(stall.rest))
 
         return events
 
     def _detected(self, duration: float) -> float:
-        detected = self._stall.detected
+        detected = self._stall.detected_after
         return duration if detected is None else min(detected, duration)
 
     def _busy(self) -> tuple[tuple[ThreadShare, ...], str]:
@@ -121,8 +121,8 @@ class EventBuilder:
                     continue
 
                 record = acc.stack[acc.site]
-                if acc.at:  # the instruction of this line that took the most time
-                    lasti = max(acc.at, key=lambda at: acc.at[at])
+                if acc.by_instruction:  # the instruction of this line that took the most time
+                    lasti = max(acc.by_instruction, key=lambda at: acc.by_instruction[at])
                     record = FrameLook(record.frame, record.lineno, lasti)
 
                 inner = acc.stack[acc.site + 1] if acc.site + 1 < len(acc.stack) else None

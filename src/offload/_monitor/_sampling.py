@@ -42,12 +42,12 @@ class SiteTime:
     contended: float = 0.0  # off-CPU time of intervals that computed in part
     # Time by instruction of the site's frame: a line of several calls is blamed on the one
     # that took the time, not the one the first sample saw.
-    at: dict[int, float] = field(default_factory=dict[int, float])
-    last: int = -1
+    by_instruction: dict[int, float] = field(default_factory=dict[int, float])
+    instruction: int = -1  # the site frame's instruction at the latest sample
 
     def merge(self, other: SiteTime) -> None:
-        for lasti, spent in other.at.items():
-            self.at[lasti] = self.at.get(lasti, 0.0) + spent
+        for lasti, spent in other.by_instruction.items():
+            self.by_instruction[lasti] = self.by_instruction.get(lasti, 0.0) + spent
 
         self.time += other.time
         self.cpu += other.cpu
@@ -118,7 +118,7 @@ class Sample:
 class Segment:
     """Consecutive samples in one step (the same outermost frame), or in the loop's own code."""
 
-    __slots__ = ("cpu", "last", "root", "sites", "start", "starved", "step", "time")
+    __slots__ = ("cpu", "last_site", "root", "sites", "start", "starved", "step", "time")
 
     def __init__(self, root: types.FrameType | None, step: bool, start: float) -> None:
         self.root = root
@@ -128,7 +128,7 @@ class Segment:
         self.cpu = 0.0
         self.starved = 0.0
         self.sites: dict[tuple[types.CodeType, int | None], SiteTime] = {}
-        self.last: SiteTime | None = None
+        self.last_site: SiteTime | None = None
 
     def add(self, sample: Sample, dt: float, share: float, moved: bool) -> None:
         acc: SiteTime | None = None
@@ -137,9 +137,9 @@ class Segment:
             if acc is None:
                 acc = self.sites[sample.site_key] = SiteTime(sample.frames, sample.site)
 
-            acc.last = sample.frames[sample.site].lasti
+            acc.instruction = sample.frames[sample.site].lasti
 
-        self.last = acc
+        self.last_site = acc
         self.add_time(dt, share, moved)
 
     def add_time(self, dt: float, share: float, moved: bool) -> None:
@@ -149,19 +149,21 @@ class Segment:
         self.time += dt
         self.cpu += share * dt
         self.starved += low
-        if self.last is not None:
-            self.last.at[self.last.last] = self.last.at.get(self.last.last, 0.0) + dt
-            self.last.time += dt
-            self.last.cpu += share * dt
-            self.last.starved += low
+        site = self.last_site
+        if site is not None:
+            at = site.instruction
+            site.by_instruction[at] = site.by_instruction.get(at, 0.0) + dt
+            site.time += dt
+            site.cpu += share * dt
+            site.starved += low
             if not moved and share >= 0.2:
                 # A kernel wait uses next to no CPU: a stable leaf that computed in part was
                 # computing, and waited for a CPU the rest of the time if others kept them busy.
-                self.last.contended += (1.0 - share) * dt
+                site.contended += (1.0 - share) * dt
             if dt <= _GIL_FREE_GAP:
                 # The watchdog took the GIL again within a switch interval while the loop
                 # thread computed: the computation does not hold the GIL.
-                self.last.free_cpu += share * dt
+                site.free_cpu += share * dt
 
     def merge(self, other: Segment) -> None:
         self.time += other.time
@@ -180,27 +182,27 @@ class OtherThread:
 
     __slots__ = (
         "clock",
-        "cpu0",
-        "cpu1",
+        "first_cpu",
+        "first_cpu_at",
+        "last_cpu",
+        "last_cpu_at",
         "looks",
-        "moved",
+        "moves",
         "name",
         "native_id",
-        "prev",
-        "runnable",
+        "previous_leaf",
+        "runnable_looks",
         "sites",
-        "t0",
-        "t1",
     )
 
     def __init__(self, ident: int, thread: threading.Thread | None, now: float) -> None:
         self.name = thread.name if thread is not None else str(ident)
         self.native_id = thread.native_id if thread is not None else None
         self.clock = thread_clock(ident)
-        self.cpu0 = self.cpu1 = self._cpu()
-        self.t0 = self.t1 = now
-        self.looks = self.moved = self.runnable = 0
-        self.prev: tuple[int, int] | None = None
+        self.first_cpu = self.last_cpu = self._cpu()
+        self.first_cpu_at = self.last_cpu_at = now
+        self.looks = self.moves = self.runnable_looks = 0
+        self.previous_leaf: tuple[int, int] | None = None
         self.sites: dict[tuple[types.CodeType, int | None], list[Any]] = {}  # [count, record]
 
     def _cpu(self) -> float | None:
@@ -215,16 +217,16 @@ class OtherThread:
     def read_clock(self, now: float) -> None:
         cpu = self._cpu()
         if cpu is not None:
-            self.cpu1, self.t1 = cpu, now
+            self.last_cpu, self.last_cpu_at = cpu, now
 
     def look(self, leaf: types.FrameType, now: float) -> None:
         self.read_clock(now)
 
         key = (id(leaf.f_code), leaf.f_lasti)
-        self.moved += self.prev is not None and key != self.prev
+        self.moves += self.previous_leaf is not None and key != self.previous_leaf
         if self.native_id is not None:
-            self.runnable += runnable_now(self.native_id) is True
-        self.prev = key
+            self.runnable_looks += runnable_now(self.native_id) is True
+        self.previous_leaf = key
         self.looks += 1
         places = get_places()
         frame: types.FrameType | None = leaf
@@ -238,14 +240,20 @@ class OtherThread:
 
     def timed(self) -> bool:
         """Whether it was watched long enough for its CPU clock to tell its share."""
-        return self.cpu0 is not None and self.cpu1 is not None and self.t1 - self.t0 >= 0.02
+        return (
+            self.first_cpu is not None
+            and self.last_cpu is not None
+            and self.last_cpu_at - self.first_cpu_at >= 0.02
+        )
 
     def share(self) -> float:
         """The share of the time it was watched that it spent on a CPU."""
-        if self.cpu0 is not None and self.cpu1 is not None and self.t1 > self.t0:
-            return min(max((self.cpu1 - self.cpu0) / (self.t1 - self.t0), 0.0), 1.0)
+        first, last = self.first_cpu, self.last_cpu
+        span = self.last_cpu_at - self.first_cpu_at
+        if first is not None and last is not None and span > 0:
+            return min(max((last - first) / span, 0.0), 1.0)
 
-        return self.moved / (self.looks - 1) if self.looks > 1 else 0.0
+        return self.moves / (self.looks - 1) if self.looks > 1 else 0.0
 
     def site(self) -> FrameLook | None:
         if not self.sites:
@@ -263,26 +271,29 @@ class Stall:
         self.watch = watch
         self.threshold = threshold
         self.beats = beats
-        self.t0 = last_beat
-        self.start = last_beat + watch.interval / 2
-        self.cpu_t = last_beat
-        self.cpu: float | None = watch.last_cpu if watch.beats == beats else None
-        self.held_gap = 4 * sys.getswitchinterval()
-        self.proc = sys.platform == "linux"
-        self.attr_t = self.start
-        self.prev_leaf: tuple[int, int] | None = None
-        self.current: Segment | None = None
-        self.big: list[Segment] = []
-        self.rest = Segment(None, step=False, start=self.start)
-        self.detected: float | None = None
-        self.hang_logged = False
-        self.samples = 0
-        self.wall0 = 0.0
-        self.process0 = self.own0 = 0.0
-        self.system0: tuple[int, int] | None = None
-        self.loop0: float | None = None
-        self.others: dict[int, OtherThread] = {}
-        self.others_t = -1.0
+        self.last_beat = last_beat
+        self.start = last_beat + watch.interval / 2  # when the loop stopped turning (estimated)
+        # The loop thread's CPU clock, and when it was read: each sample's share of CPU.
+        self.loop_cpu: float | None = watch.last_cpu if watch.beats == beats else None
+        self.cpu_read_at = last_beat
+        # A gap between two samples this long means the loop thread held the GIL in C.
+        self.gil_held_gap = 4 * sys.getswitchinterval()
+        self.proc_readable = sys.platform == "linux"  # /proc tells a runnable thread
+        self.accounted_until = self.start  # the time up to which samples were attributed
+        self.previous_leaf: tuple[int, int] | None = None
+        self.segment: Segment | None = None  # the step being sampled
+        self.long_steps: list[Segment] = []  # steps that alone ran past the threshold
+        self.rest = Segment(None, step=False, start=self.start)  # short steps, the loop's code
+        self.detected_after: float | None = None
+        self.hang_reported = False
+        self.sample_count = 0
+        # Clocks at the first sample: whether others kept the CPUs busy meanwhile.
+        self.sampling_began = 0.0
+        self.process_cpu_at_start = self.own_cpu_at_start = 0.0
+        self.system_cpu_at_start: tuple[int, int] | None = None
+        self.loop_cpu_at_start: float | None = None
+        self.other_threads: dict[int, OtherThread] = {}
+        self.others_looked_at = -1.0
 
     def sample(self) -> Sample:
         """Look at the loop thread now: its clock, its CPU clock and its stack, together."""
@@ -292,49 +303,49 @@ class Stall:
         frames = sys._current_frames()
         sample = Sample(frames.get(watch.thread_id), watch.prefix)
         sample.locate()
-        if now - self.others_t >= _OTHERS_EVERY:
-            self.others_t = now
+        if now - self.others_looked_at >= _OTHERS_EVERY:
+            self.others_looked_at = now
             self._look_at_others(frames, now)
 
-        if self.samples == 0:
+        if self.sample_count == 0:
             self._begin(now, cpu)
 
-        gap = now - self.cpu_t
+        gap = now - self.cpu_read_at
         share = self._share(now, cpu)
-        dt = max(now - self.attr_t, 0.0)
+        dt = max(now - self.accounted_until, 0.0)
         # Python ran on between the two looks (the leaf moved), or the loop thread held the
         # GIL all along, in C (a blocking call lets go of it): either way it was not blocked.
-        moved = (self.prev_leaf is not None and sample.leaf_key != self.prev_leaf) or (
-            gap > self.held_gap and share >= 0.2
+        moved = (self.previous_leaf is not None and sample.leaf_key != self.previous_leaf) or (
+            gap > self.gil_held_gap and share >= 0.2
         )
-        if not moved and share < 0.2 and self.proc:
+        if not moved and share < 0.2 and self.proc_readable:
             # Off the CPU without moving: a kernel wait, unless the thread is runnable and
             # only waits for a CPU that other processes keep busy.
             runnable = runnable_now(watch.native_id)
             if runnable is None:
-                self.proc = False
+                self.proc_readable = False
             else:
                 moved = runnable
         key = sample.root if sample.step else None
-        current = self.current
-        if self.samples and gap > self.held_gap and share >= 0.2 and current is not None:
+        current = self.segment
+        if self.sample_count and gap > self.gil_held_gap and share >= 0.2 and current is not None:
             # The loop thread held the GIL since the last look: a C call that began after it,
             # at the last look's site. This look lands wherever the call returned to.
             current.add_time(dt, share, moved=True)
-            self.attr_t, dt = now, 0.0
+            self.accounted_until, dt = now, 0.0
 
         if current is None or current.root is not key or current.step != sample.step:
             if current is not None:
                 self._close(current)
 
-            current = self.current = Segment(key, sample.step, self.attr_t)
+            current = self.segment = Segment(key, sample.step, self.accounted_until)
 
         current.add(sample, dt, share, moved)
-        self.attr_t = now
-        self.prev_leaf = sample.leaf_key
-        self.samples += 1
-        if self.detected is None and now - self.start >= self.threshold:
-            self.detected = now - self.start
+        self.accounted_until = now
+        self.previous_leaf = sample.leaf_key
+        self.sample_count += 1
+        if self.detected_after is None and now - self.start >= self.threshold:
+            self.detected_after = now - self.start
 
         return sample
 
@@ -346,26 +357,26 @@ class Stall:
             if ident in skip:
                 continue
 
-            other = self.others.get(ident)
+            other = self.other_threads.get(ident)
             if other is None:
                 if threads is None:
                     threads = {thread.ident: thread for thread in threading.enumerate()}
 
-                other = self.others[ident] = OtherThread(ident, threads.get(ident), now)
+                other = self.other_threads[ident] = OtherThread(ident, threads.get(ident), now)
 
             other.look(leaf, now)
 
     def busy_threads(self) -> list[tuple[OtherThread, float]]:
         """The other threads that were on a CPU for 2% of the stall or more, busiest first."""
         now = time.perf_counter()
-        for other in self.others.values():
+        for other in self.other_threads.values():
             other.read_clock(now)  # the stall just ended: its clock now closes the interval
 
-        others = list(self.others.values())
+        others = list(self.other_threads.values())
         if others and not any(other.timed() for other in others):
             # Starved of the GIL itself, the watchdog saw the others only as the stall ended:
             # too briefly to time them. Those running then shared the GIL with the loop.
-            running = [other for other in others if other.runnable]
+            running = [other for other in others if other.runnable_looks]
             return [(other, 1 / (len(running) + 1)) for other in running][:MAX_SPLIT]
 
         busy = [(other, other.share()) for other in others]
@@ -376,72 +387,72 @@ class Stall:
     def _begin(self, now: float, cpu: float | None) -> None:
         """Estimate when the loop stopped turning, at the first sample."""
         watch = self.watch
-        self.wall0 = now
-        self.loop0 = cpu if watch.clock is not None else None
-        self.process0 = time.process_time()
-        self.own0 = time.thread_time()
-        self.system0 = system_cpu()
+        self.sampling_began = now
+        self.loop_cpu_at_start = cpu if watch.clock is not None else None
+        self.process_cpu_at_start = time.process_time()
+        self.own_cpu_at_start = time.thread_time()
+        self.system_cpu_at_start = system_cpu()
         # The loop beat at t0 and would have beaten at t0 + interval had it been free: it
         # stopped in between, and any computing it did since came after. A step that computed
         # all along started when its computing did; otherwise take the middle of what is left.
-        t0 = self.t0
+        t0 = self.last_beat
         latest = t0 + watch.interval
         start = t0 + watch.interval / 2
-        if self.loop0 is not None and cpu is not None and self.cpu is not None:
-            used = max(cpu - self.cpu, 0.0)
+        if self.loop_cpu_at_start is not None and cpu is not None and self.loop_cpu is not None:
+            used = max(cpu - self.loop_cpu, 0.0)
             if used >= 0.9 * (now - latest):
                 start = max(t0, now - used)
             else:
                 start = (t0 + max(t0, min(latest, now - used))) / 2
 
-        self.start = self.attr_t = self.rest.start = start
+        self.start = self.accounted_until = self.rest.start = start
 
     def _share(self, now: float, cpu: float | None) -> float:
-        span = now - self.cpu_t
+        span = now - self.cpu_read_at
         share = 0.0
-        if cpu is not None and self.cpu is not None and span > 0:
-            share = min(max((cpu - self.cpu) / span, 0.0), 1.0)
+        if cpu is not None and self.loop_cpu is not None and span > 0:
+            share = min(max((cpu - self.loop_cpu) / span, 0.0), 1.0)
 
         if cpu is not None:
-            self.cpu = cpu
-            self.cpu_t = now
+            self.loop_cpu = cpu
+            self.cpu_read_at = now
 
         return share
 
     def _close(self, segment: Segment) -> None:
         if segment.step and segment.time >= self.threshold:
-            self.big.append(segment)
+            self.long_steps.append(segment)
         else:
             self.rest.merge(segment)
 
     def finish(self, end: float, end_cpu: float | None) -> None:
         """Close the stall at ``end``: the time since the last sample goes to its site."""
-        dt = end - self.attr_t
-        if self.current is not None:
+        dt = end - self.accounted_until
+        if self.segment is not None:
             if dt > 0:
-                self.current.add_time(dt, self._share(end, end_cpu), moved=False)
+                self.segment.add_time(dt, self._share(end, end_cpu), moved=False)
 
-            self._close(self.current)
-            self.current = None
+            self._close(self.segment)
+            self.segment = None
 
     def others_busy(self) -> bool:
         """Whether other threads or processes kept the CPUs busy during the stall."""
-        wall = time.perf_counter() - self.wall0
+        wall = time.perf_counter() - self.sampling_began
         if wall <= 0:
             return False
 
-        process = time.process_time() - self.process0
-        own = time.thread_time() - self.own0
+        process = time.process_time() - self.process_cpu_at_start
+        own = time.thread_time() - self.own_cpu_at_start
         loop = 0.0
-        if self.loop0 is not None:
+        if self.loop_cpu_at_start is not None:
             cpu = self.watch.read_cpu()
             if cpu is not None:
-                loop = cpu - self.loop0
+                loop = cpu - self.loop_cpu_at_start
 
         if (process - own - loop) / wall >= 0.5:
             return True
 
-        system0 = self.system0
+        system0 = self.system_cpu_at_start
         system1 = system_cpu()
         if system0 is None or system1 is None or system1[1] <= system0[1]:
             return False

@@ -198,9 +198,12 @@ class Watchdog:
                     self._finish(stall, time.perf_counter(), watch.read_cpu())
                 else:
                     sample = stall.sample()
-                    if not stall.hang_logged and stall.attr_t - stall.start >= self._hang_after:
-                        stall.hang_logged = True
-                        self._log_hang(stall, sample)
+                    if (
+                        not stall.hang_reported
+                        and stall.accounted_until - stall.start >= self._hang_after
+                    ):
+                        stall.hang_reported = True
+                        self._report_hang(stall, sample)
 
                 continue
 
@@ -223,13 +226,13 @@ class Watchdog:
     def _finish(self, stall: Stall, end: float, end_cpu: float | None) -> None:
         del self._stalls[stall.watch]
         stall.finish(end, end_cpu)
-        if not stall.big and stall.rest.time < self._threshold:
+        if not stall.long_steps and stall.rest.time < self._threshold:
             return
 
         builder = EventBuilder(stall, stall.others_busy(), time.time() - time.perf_counter())
         self._on_events(builder.events())
 
-    def _log_hang(self, stall: Stall, sample: Sample) -> None:
+    def _report_hang(self, stall: Stall, sample: Sample) -> None:
         if self._on_hang is None:
             return
 
