@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from _support import WAIT
-from offload import _alarm
+from offload._monitor import _alarm
 
 pytestmark = pytest.mark.skipif(
     not _alarm.available(),

@@ -10,6 +10,11 @@ kernel until a beat is late. A healthy loop never wakes it.
 
 Where the kernel has no timerfd (macOS, Windows), `new_alarm` returns ``None`` and the
 watchdog falls back to looking on a schedule.
+
+Which way the watchdog sleeps is chosen once, here, at import, as trio picks its I/O manager:
+`TheWaiter` is `EpollWaiter` (epoll on the alarms and on a wake-up pipe) where there are
+timerfds, else `ScheduleWaiter` (a bare lock, and `NoAlarm` for every loop). Both have the
+`Waiter` interface, so the watchdog has no platform branches.
 """
 
 from __future__ import annotations
@@ -17,13 +22,24 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol, TypeAlias
 
-__all__ = ("Alarm", "available", "new_alarm")
+__all__ = (
+    "Alarm",
+    "AnyAlarm",
+    "EpollWaiter",
+    "NoAlarm",
+    "ScheduleWaiter",
+    "TheWaiter",
+    "Waiter",
+    "available",
+    "new_alarm",
+)
 
 _TFD_NONBLOCK: Final = 0o4000  # O_NONBLOCK
 _TFD_CLOEXEC: Final = 0o2000000  # O_CLOEXEC
@@ -217,3 +233,207 @@ def new_alarm() -> Alarm | None:
         return None
 
     return Alarm(fd, settime)
+
+
+class NoAlarm:
+    """The alarm of a loop where there is no timerfd: it never rings, so it is never usable."""
+
+    __slots__ = ()
+
+    def fileno(self) -> int:
+        return -1
+
+    @property
+    def usable(self) -> bool:
+        return False
+
+    def arm(self, delay: float) -> None:
+        pass
+
+    def disarm(self) -> None:
+        pass
+
+    def clear(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+AnyAlarm: TypeAlias = "Alarm | NoAlarm"
+
+
+class Waiter(Protocol):
+    """Where the watchdog thread sleeps: until a timeout, an alarm rings, or `wake`.
+
+    A loop's alarm is `add`-ed from the loop's thread; `wait`, `drain` and `close` are called
+    from the watchdog thread only, and `wake` from any thread.
+    """
+
+    def new_alarm(self) -> AnyAlarm:
+        """A new disarmed alarm for one loop."""
+        ...
+
+    def add(self, alarm: AnyAlarm) -> bool:
+        """Wake the sleeper when ``alarm`` rings; ``False`` if it never will (look on a timer)."""
+        ...
+
+    def remove(self, alarm: AnyAlarm) -> None:
+        """Stop listening to ``alarm`` (the caller closes it)."""
+        ...
+
+    def wait(self, timeout: float | None) -> tuple[list[AnyAlarm], bool]:
+        """Sleep until ``timeout`` (seconds; ``None``: no timeout), an alarm rings, or `wake`.
+
+        Returns the alarms that rang, and whether `wake` woke it. Consumes neither: see `drain`
+        and `Alarm.clear`.
+        """
+        ...
+
+    def drain(self) -> None:
+        """Consume the `wake` that the last `wait` saw."""
+        ...
+
+    def wake(self) -> None:
+        """Wake the sleeper now (from any thread); does nothing once closed."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the waiter's descriptors."""
+        ...
+
+
+class EpollWaiter:
+    """Sleep in epoll on the loops' alarms and on a pipe that `wake` writes to (Linux).
+
+    An alarm joins the set without waking the sleeper (epoll allows that from any thread):
+    waking it as a loop gets busy would cost the loop a GIL handover.
+    """
+
+    __slots__ = ("_alarms", "_epoll", "_lock", "_pipe", "_woken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _alarms, and _pipe and _epoll against close
+        self._alarms: dict[int, AnyAlarm] = {}  # by descriptor
+        self._woken = False
+        self._epoll: select.epoll | None = select.epoll()
+        pipe = os.pipe()
+        os.set_blocking(pipe[1], False)
+        os.set_blocking(pipe[0], False)
+        self._epoll.register(pipe[0], select.EPOLLIN)
+        self._pipe: tuple[int, int] | None = pipe
+
+    def new_alarm(self) -> AnyAlarm:
+        return new_alarm() or NoAlarm()  # out of descriptors: that loop is watched on a schedule
+
+    def add(self, alarm: AnyAlarm) -> bool:
+        fd = alarm.fileno()
+        with self._lock:
+            if fd < 0 or self._epoll is None:
+                return False
+
+            self._alarms[fd] = alarm
+            self._epoll.register(fd, select.EPOLLIN)
+            return True
+
+    def remove(self, alarm: AnyAlarm) -> None:
+        fd = alarm.fileno()
+        with self._lock:
+            if self._alarms.pop(fd, None) is not None and self._epoll is not None:
+                self._epoll.unregister(fd)
+
+    def wait(self, timeout: float | None) -> tuple[list[AnyAlarm], bool]:
+        # The alarms and the pipe are read later: reading lets go of the GIL, and a loop
+        # thread that holds the GIL in a long C call would take it back and run on before
+        # the stall is on record.
+        epoll, pipe = self._epoll, self._pipe
+        assert epoll is not None, "waiting after close"
+        assert pipe is not None, "waiting after close"
+        # epoll rounds its timeout up to whole milliseconds
+        ready = epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+        woken = False
+        rang: list[AnyAlarm] = []
+        with self._lock:
+            for fd, _ in ready:
+                if fd == pipe[0]:
+                    woken = True
+                elif (alarm := self._alarms.get(fd)) is not None:
+                    rang.append(alarm)
+        self._woken = woken
+        return rang, woken
+
+    def drain(self) -> None:
+        if self._pipe is not None and self._woken:
+            try:
+                while os.read(self._pipe[0], 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def wake(self) -> None:
+        with self._lock:  # `close` closes the pipe under it: never write to a reused fd
+            if self._pipe is not None:
+                try:
+                    os.write(self._pipe[1], b"!")
+                except BlockingIOError:  # full: the thread wakes anyway
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            pipe, self._pipe = self._pipe, None
+            epoll, self._epoll = self._epoll, None
+            self._alarms.clear()
+            if epoll is not None:
+                epoll.close()
+        if pipe is not None:
+            for fd in pipe:
+                os.close(fd)
+
+
+class ScheduleWaiter:
+    """Sleep on a bare lock that `wake` releases, for half the CPU of a Condition.
+
+    Its alarms never ring, so the watchdog looks on a schedule (macOS, Windows).
+    """
+
+    __slots__ = ("_signal",)
+
+    def __init__(self) -> None:
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def new_alarm(self) -> AnyAlarm:
+        return NoAlarm()
+
+    def add(self, alarm: AnyAlarm) -> bool:
+        return False
+
+    def remove(self, alarm: AnyAlarm) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> tuple[list[AnyAlarm], bool]:
+        if timeout is None:
+            return [], self._signal.acquire()
+
+        if timeout > 0:
+            return [], self._signal.acquire(timeout=timeout)
+
+        return [], False
+
+    def drain(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        try:
+            self._signal.release()
+        except RuntimeError:  # already released: the thread wakes anyway
+            pass
+
+    def close(self) -> None:
+        pass
+
+
+TheWaiter: type[Waiter] = (
+    EpollWaiter if available() and hasattr(select, "epoll") else ScheduleWaiter
+)
+"""How the watchdog sleeps on this platform, chosen once, at import."""
