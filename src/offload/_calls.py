@@ -51,10 +51,17 @@ async def run(
         runtime = pool._runtime()
 
     deadline = runtime.effective_deadline
-    if options.limit is None and deadline is not None and deadline() != CANCELLED:
-        job = runtime.submit(options, fn, args, kwargs, None, queued)
-    else:
+    if options.limit is not None or (deadline is not None and deadline() == CANCELLED):
         job = await runtime.enter(options, fn, args, kwargs, queued, tally)
+    else:  # Runtime.enter inlined: no limit to wait for, and no coroutine for it
+        if deadline is None:  # trio: its checkpoint is the cheaper look
+            try:
+                await runtime.checkpoint_if_cancelled()
+            except BaseException:
+                runtime.refused(tally)
+                raise
+
+        job = runtime.submit(options, fn, args, kwargs, None, queued)
 
     try:
         value: R = await job.waiter

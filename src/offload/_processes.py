@@ -468,16 +468,6 @@ class ProcessWorkers:
         self.gauges = threads.gauges
         self.shutdown = threads.shutdown
 
-    @property
-    def workers(self) -> int:
-        """How many worker threads (each with at most one process) are alive."""
-        return self._threads.workers
-
-    @property
-    def pending(self) -> int:
-        """How many queued calls wait for a worker."""
-        return self._threads.pending
-
     def _new_runner(self) -> _ProcessRunner:
         return _ProcessRunner(self)
 

@@ -238,12 +238,17 @@ class Runtime(Generic[SettingsT]):
             if deadline is None or deadline() == CANCELLED:
                 await self.checkpoint_if_cancelled()
         except BaseException:
-            self.counters.submitted += 1  # submitted and cancelled, as its caller sees it
-            self.count_gone(tally)
+            self.refused(tally)
             raise
 
         fn_limiter = None if options.limit is None else await self._admit(options, tally)
         return self.submit(options, fn, args, kwargs, fn_limiter, queued, label)
+
+    def refused(self, tally: Tally | None) -> None:
+        """Count a call whose caller was cancelled before it reached a worker: submitted and
+        cancelled, as its caller sees it."""
+        self.counters.submitted += 1
+        self.count_gone(tally)
 
     async def _admit(self, options: Options, tally: Tally | None) -> Limiter:
         """Take a slot of the function's ``limit``, waiting in line for it.
