@@ -185,6 +185,14 @@ def announce_then_wait_for_cancel(path: str) -> str:
     return "stopped"
 
 
+def crash_once(path: str) -> str:
+    if not os.path.exists(path):
+        Path(path).touch()
+        os._exit(3)
+
+    return "ran again"
+
+
 def new_process_workers(delivered: SimpleQueue[Job], max_workers: int = 1) -> ProcessWorkers:
     return ProcessWorkers(
         "p", delivered.put, max_workers, 60.0, default_start_method(), None, None, ()
@@ -247,5 +255,25 @@ class TestProcessWorkers:
             again = new_job(pid)
             workers.submit(again, None)
             assert next_delivered(delivered).ok  # on a fresh process
+        finally:
+            workers.shutdown()
+
+    @pytest.mark.parametrize("retries", [0, 1])
+    def test_a_crash_fails_the_call_or_runs_it_again(self, retries: int, tmp_path: Path) -> None:
+        """A worker process that dies fails its call with ``WorkerCrashed``, unless the
+        call has a retry left: then it runs again on a fresh process."""
+        delivered: SimpleQueue[Job] = SimpleQueue()
+        workers = new_process_workers(delivered)
+        job = new_job(
+            crash_once, str(tmp_path / "crashed"), options=Options(None, None, "kill", retries)
+        )
+        workers.submit(job, None)
+        try:
+            assert next_delivered(delivered) is job
+            if retries:
+                assert job.value == "ran again"
+            else:
+                assert isinstance(job.error, WorkerCrashed)
+                assert job.error.exitcode == 3
         finally:
             workers.shutdown()
