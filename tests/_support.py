@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.from_thread
@@ -14,15 +14,56 @@ import pytest
 
 import offload
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop does not build on Windows
+    uvloop = None  # type: ignore[assignment]
+
+try:
+    import trio
+except ImportError:  # pragma: no cover - trio is in the test dependency group
+    trio = None  # type: ignore[assignment]
+
+needs_uvloop = pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+needs_trio = pytest.mark.skipif(trio is None, reason="trio is not installed")
+
+# The event loops every test runs on: the ``anyio_backend`` fixture's parameters, and what
+# tests that start their own runs pass to ``anyio.run(main, backend=..., backend_options=...)``.
+BACKENDS = [
+    pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
+    pytest.param(
+        ("asyncio", {"loop_factory": None if uvloop is None else uvloop.new_event_loop}),
+        id="asyncio+uvloop",
+        marks=needs_uvloop,
+    ),
+    pytest.param(("trio", dict[str, Any]()), id="trio", marks=needs_trio),
+]
+
+Pool = offload.ThreadPool | offload.ProcessPool
+
 # Generous: these bound how long a broken test hangs, they are not timing claims.
 WAIT = 10.0
 
 _names = itertools.count(1)
 
 
-def new_pool(**settings: Any) -> offload.ThreadPool:
-    """Return a thread pool with a name of its own."""
-    return offload.ThreadPool(f"test-{next(_names)}", **settings)
+@overload
+def new_pool(
+    kind: Literal["thread"] = "thread", name: str | None = None, /, **settings: Any
+) -> offload.ThreadPool: ...
+@overload
+def new_pool(
+    kind: Literal["process"], name: str | None = None, /, **settings: Any
+) -> offload.ProcessPool: ...
+@overload
+def new_pool(kind: str, name: str | None = None, /, **settings: Any) -> Pool: ...
+def new_pool(kind: str = "thread", name: str | None = None, /, **settings: Any) -> Pool:
+    """Return a pool of ``kind`` ("thread" or "process") with a name of its own."""
+    name = name or f"test-{kind}-{next(_names)}"
+    if kind == "thread":
+        return offload.ThreadPool(name, **settings)
+
+    return offload.ProcessPool(name, **settings)
 
 
 class Signal:
@@ -113,14 +154,6 @@ async def cancel_when(predicate: Callable[[], bool], scope: anyio.CancelScope) -
     """Cancel ``scope`` once ``predicate()`` holds."""
     await until(predicate)
     scope.cancel()
-
-
-# For tests that start their own runs (anyio.run) instead of taking the anyio_backend fixture.
-RUNS = [
-    pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
-    pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    pytest.param(("trio", dict[str, Any]()), id="trio"),
-]
 
 
 def spin_until(predicate: Callable[[], bool], what: str) -> None:

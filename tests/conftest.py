@@ -3,41 +3,14 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop does not build on Windows
-    uvloop = None  # type: ignore[assignment]
-
-try:
-    import trio
-except ImportError:  # pragma: no cover - trio is in the test dependency group
-    trio = None  # type: ignore[assignment]
-
-needs_uvloop = pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
-needs_trio = pytest.mark.skipif(trio is None, reason="trio is not installed")
+from _support import BACKENDS
 
 
-def _uvloop_factory() -> Callable[[], Any]:
-    assert uvloop is not None
-    return uvloop.new_event_loop
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", dict[str, Any]()), id="asyncio"),
-        pytest.param(
-            ("asyncio", {"loop_factory": _uvloop_factory() if uvloop is not None else None}),
-            id="asyncio+uvloop",
-            marks=needs_uvloop,
-        ),
-        pytest.param(("trio", dict[str, Any]()), id="trio", marks=needs_trio),
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     """Run every async test on asyncio, asyncio with uvloop, and trio."""
     return request.param  # type: ignore[no-any-return]

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import offload
-from _support import WAIT, Gate, cancel_when, new_pool, spin_until, until
+from _support import BACKENDS, WAIT, Gate, cancel_when, new_pool, spin_until, until
 
 
 def offload_threads(pool: offload.ThreadPool) -> list[threading.Thread]:
@@ -34,13 +34,6 @@ async def abandon_once_running(
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_when, entered.is_set, scope)
             await pool.call(fn)
-
-
-BACKENDS = [
-    pytest.param("asyncio", {}, id="asyncio"),
-    pytest.param("asyncio", {"use_uvloop": True}, id="asyncio+uvloop"),
-    pytest.param("trio", {}, id="trio"),
-]
 
 
 class TestStart:
@@ -66,8 +59,8 @@ class TestStart:
 
 
 class TestEndOfRun:
-    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
-    def test_no_thread_left_after_run(self, backend: str, options: dict[str, Any]) -> None:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_no_thread_left_after_run(self, backend: tuple[str, dict[str, Any]]) -> None:
         """When ``run`` returns, every worker thread of the pool is gone."""
         pool = new_pool(max_workers=8)
 
@@ -78,28 +71,26 @@ class TestEndOfRun:
 
             assert pool.stats().workers > 0
 
-        anyio.run(main, backend=backend, backend_options=options)
+        anyio.run(main, backend=backend[0], backend_options=backend[1])
         assert offload_threads(pool) == []
         assert pool.stats().workers == 0
 
-    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
-    def test_pool_starts_afresh_in_the_next_run(
-        self, backend: str, options: dict[str, Any]
-    ) -> None:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_pool_starts_afresh_in_the_next_run(self, backend: tuple[str, dict[str, Any]]) -> None:
         """A pool used in one run works again in the next, with new threads."""
         pool = new_pool()
 
         async def main() -> int:
             return await pool.call(threading.get_ident)
 
-        first = anyio.run(main, backend=backend, backend_options=options)
-        second = anyio.run(main, backend=backend, backend_options=options)
+        first = anyio.run(main, backend=backend[0], backend_options=backend[1])
+        second = anyio.run(main, backend=backend[0], backend_options=backend[1])
         assert isinstance(first, int)
         assert isinstance(second, int)
         assert pool.stats().completed == 2
 
-    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
-    def test_running_call_is_waited_for(self, backend: str, options: dict[str, Any]) -> None:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_running_call_is_waited_for(self, backend: tuple[str, dict[str, Any]]) -> None:
         """At the end of the run a call still running is given ``shutdown_timeout`` to end."""
         pool = new_pool(shutdown_timeout=WAIT)
         release = threading.Event()
@@ -119,7 +110,7 @@ class TestEndOfRun:
 
             timer.start()
 
-        anyio.run(main, backend=backend, backend_options=options)
+        anyio.run(main, backend=backend[0], backend_options=backend[1])
         timer.join()
         assert finished.is_set()
         assert offload_threads(pool) == []
@@ -159,9 +150,9 @@ class TestEndOfRun:
         assert sorted(outcomes) == ["pending cancelled", "running cancelled"]
         assert offload_threads(pool) == []
 
-    @pytest.mark.parametrize(("backend", "options"), BACKENDS)
+    @pytest.mark.parametrize("backend", BACKENDS)
     def test_stuck_thread_is_named_and_does_not_hold_up_run(
-        self, backend: str, options: dict[str, Any], caplog: pytest.LogCaptureFixture
+        self, backend: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
     ) -> None:
         """Past ``shutdown_timeout`` a warning names the function, and ``run`` returns."""
         pool = new_pool(shutdown_timeout=0.05)
@@ -176,7 +167,7 @@ class TestEndOfRun:
             await abandon_once_running(pool, wedged_function, entered)
 
         with caplog.at_level(logging.WARNING, logger="offload"):
-            anyio.run(main, backend=backend, backend_options=options)
+            anyio.run(main, backend=backend[0], backend_options=backend[1])
 
         try:
             [record] = [r for r in caplog.records if r.name == "offload"]

@@ -6,7 +6,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -14,8 +13,6 @@ import pytest
 
 import offload
 from _support import WAIT, Gate, new_pool, until
-
-_names = iter(range(1, 10_000))
 
 MAX_WORKERS = 8
 MAX_PENDING = 64
@@ -38,14 +35,6 @@ def wait_for_path(path: str) -> str:
 def kind(request: pytest.FixtureRequest) -> str:
     """Run the test on a thread pool and on a process pool."""
     return request.param  # type: ignore[no-any-return]
-
-
-def make_pool(kind: str, **settings: Any) -> offload.ThreadPool | offload.ProcessPool:
-    name = f"overload-{kind}-{next(_names)}"
-    if kind == "thread":
-        return offload.ThreadPool(name, **settings)
-
-    return offload.ProcessPool(name, **settings)
 
 
 async def burst(pool: offload.ThreadPool | offload.ProcessPool, release: Path) -> list[str]:
@@ -94,7 +83,7 @@ class TestBurst:
     async def test_burst_on_a_warm_pool(self, kind: str, tmp_path: Path) -> None:
         """With one idle worker alive, a burst of 132 calls on ``max_workers=8,
         max_pending=64`` admits exactly 72 and sheds 60 with ``Overloaded``."""
-        pool = make_pool(kind, max_workers=MAX_WORKERS, max_pending=MAX_PENDING)
+        pool = new_pool(kind, max_workers=MAX_WORKERS, max_pending=MAX_PENDING)
         async with pool:
             assert await pool.call(abs, -1) == 1  # one worker, now idle
             assert pool.stats().workers == 1
@@ -107,7 +96,7 @@ class TestBurst:
 
     async def test_burst_on_a_cold_pool(self, tmp_path: Path) -> None:
         """The same burst on a pool with no worker yet admits 72 as well."""
-        pool = make_pool("thread", max_workers=MAX_WORKERS, max_pending=MAX_PENDING)
+        pool = new_pool("thread", max_workers=MAX_WORKERS, max_pending=MAX_PENDING)
         async with pool:
             outcomes = await burst(pool, tmp_path / "release")
 

@@ -19,15 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, StatsWatch, cancel_when, spin_until, until
+from _support import BACKENDS, WAIT, StatsWatch, cancel_when, new_pool, spin_until, until
 
 # A process pool per test module and backend would be faster, but every test must prove it
 # leaves no process behind, so each test uses its own pool: start-up is forkserver-cheap.
-_names = iter(range(1, 10_000))
-
-
-def new_pool(**settings: Any) -> offload.ProcessPool:
-    return offload.ProcessPool(f"proc-{next(_names)}", **settings)
 
 
 def announce(path: str, text: str) -> None:
@@ -191,7 +186,7 @@ class TestCalls:
 
     async def test_arguments_and_results_cross(self) -> None:
         """Positional and keyword arguments reach ``fn``; the result comes back."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         assert await pool.call(describe, 1, [2], key={"v": 3}) == ((1, [2]), {"key": {"v": 3}})
 
     async def test_methods_of_picklable_objects(self) -> None:
@@ -202,7 +197,7 @@ class TestCalls:
 
     async def test_exception_arrives_with_worker_traceback(self) -> None:
         """An exception keeps its type and args; the worker's traceback is its ``__cause__``."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(LookupError) as info:
             await pool.call(fail, "not here")
 
@@ -214,7 +209,7 @@ class TestCalls:
 
     async def test_workers_are_reused(self) -> None:
         """Sequential calls reuse one worker process."""
-        pool = new_pool(max_workers=2)
+        pool = new_pool("process", max_workers=2)
         pids = {await pool.call(getpid) for _ in range(10)}
         assert len(pids) == 1
 
@@ -249,7 +244,7 @@ class TestPickling:
 
     async def test_unpicklable_function_in_call(self) -> None:
         """``call`` with a lambda fails with ``SerializationError``; the pool stays usable."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(offload.SerializationError, match="function of"):
             await pool.call(lambda: 1)
 
@@ -257,7 +252,7 @@ class TestPickling:
 
     async def test_unpicklable_argument_is_named(self) -> None:
         """An argument that cannot be pickled is named in the error, before it is sent."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(offload.SerializationError, match="argument 1") as info:
             await pool.call(describe, "fine", threading.Lock())
 
@@ -266,7 +261,7 @@ class TestPickling:
 
     async def test_unpicklable_result(self) -> None:
         """A result that cannot be pickled back raises ``SerializationError`` ("result")."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(offload.SerializationError, match="result") as info:
             await pool.call(return_lock)
 
@@ -307,7 +302,7 @@ class TestPickling:
 class TestCrashes:
     async def test_worker_exit_fails_only_that_call(self) -> None:
         """A worker that exits fails its call with ``WorkerCrashed``; the pool heals."""
-        pool = new_pool(max_workers=2)
+        pool = new_pool("process", max_workers=2)
         with pytest.raises(offload.WorkerCrashed) as info:
             await pool.call(exit_with, 3)
 
@@ -321,7 +316,7 @@ class TestCrashes:
 
     async def test_killed_worker_names_the_signal(self) -> None:
         """A worker killed by a signal reports the signal."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(offload.WorkerCrashed, match="SIGKILL") as info:
             await pool.call(kill_self)
 
@@ -329,7 +324,7 @@ class TestCrashes:
 
     async def test_segfault_is_a_crash(self) -> None:
         """A worker that segfaults fails its call with ``WorkerCrashed`` naming SIGSEGV."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         with pytest.raises(offload.WorkerCrashed, match="SIGSEGV"):
             await pool.call(segfault)
 
@@ -337,7 +332,7 @@ class TestCrashes:
 
     async def test_crash_leaves_a_concurrent_call_alone(self, tmp: Path) -> None:
         """While one worker crashes, a call running on another worker finishes normally."""
-        pool = new_pool(max_workers=2)
+        pool = new_pool("process", max_workers=2)
         started = tmp / "started"
         results: dict[str, object] = {}
 
@@ -377,7 +372,7 @@ def wait_for_cancel_or_file(path: str) -> str:
 class TestCancellation:
     async def test_kill_returns_at_once_and_frees_the_cpu(self, tmp: Path) -> None:
         """Cancelling a running call kills its worker; a fresh one serves the next call."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         started = tmp / "started"
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
@@ -393,7 +388,7 @@ class TestCancellation:
 
     async def test_timeout_kills_the_worker(self, tmp: Path) -> None:
         """A call past its ``timeout`` raises ``TimeoutError`` and its worker is killed."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         await pool.call(getpid)  # start the worker first: the timeout is for the call alone
         started = tmp / "started"
         spin = pool(timeout=0.5)(spin_after_touching)
@@ -408,7 +403,7 @@ class TestCancellation:
     async def test_wait_policy_tells_the_worker(self, tmp: Path) -> None:
         """With ``cancel="wait"``, ``offload.cancelled()`` turns True in the worker, which
         ends the call; the cancellation arrives after it."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         started = tmp / "started"
         patient = pool(cancel="wait")(wait_for_cancel)
         with anyio.CancelScope() as scope:
@@ -422,7 +417,7 @@ class TestCancellation:
 
     async def test_pending_call_never_runs(self, tmp: Path) -> None:
         """A call waiting for a worker when cancelled never runs."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         started, never = tmp / "started", tmp / "never"
         async with anyio.create_task_group() as tg:
             tg.start_soon(_release_later, pool, str(started))
@@ -439,7 +434,7 @@ class TestCancellation:
 class TestCapacity:
     async def test_never_more_than_max_workers_processes(self, tmp: Path) -> None:
         """Four calls on two worker processes: two run, two wait, then they run."""
-        pool = new_pool(max_workers=2)
+        pool = new_pool("process", max_workers=2)
         paths = [tmp / f"call{i}" for i in range(4)]
         async with anyio.create_task_group() as tg:
             for path in paths:
@@ -460,7 +455,7 @@ class TestCapacity:
 
     async def test_overloaded(self, tmp: Path) -> None:
         """Past ``max_pending`` waiting calls, a process call fails at once."""
-        pool = new_pool(max_workers=1, max_pending=0)
+        pool = new_pool("process", max_workers=1, max_pending=0)
         started = tmp / "started"
         async with anyio.create_task_group() as tg:
             tg.start_soon(_release_later, pool, str(started))
@@ -472,7 +467,7 @@ class TestCapacity:
 
     async def test_aclose(self) -> None:
         """``aclose()`` stops the worker processes; later calls raise ``PoolClosed``."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         pid = await pool.call(getpid)
         await pool.aclose()
         assert not pid_alive(pid)
@@ -483,32 +478,32 @@ class TestCapacity:
 class TestSettings:
     async def test_max_tasks_per_worker_recycles(self) -> None:
         """``max_tasks_per_worker=2`` replaces a worker after two calls."""
-        pool = new_pool(max_workers=1, max_tasks_per_worker=2)
+        pool = new_pool("process", max_workers=1, max_tasks_per_worker=2)
         pids = [await pool.call(getpid) for _ in range(6)]
         assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
 
     async def test_initializer_runs_once_per_worker(self) -> None:
         """``initializer(*initargs)`` runs once in each worker as it starts."""
-        pool = new_pool(max_workers=1, initializer=remember, initargs=("ready",))
+        pool = new_pool("process", max_workers=1, initializer=remember, initargs=("ready",))
         assert await pool.call(initialized) == ["ready"]
         assert await pool.call(initialized) == ["ready"]
 
     async def test_initializer_failure_reaches_the_caller(self) -> None:
         """An initializer that raises fails the call with its exception."""
-        pool = new_pool(max_workers=1, initializer=broken_initializer)
+        pool = new_pool("process", max_workers=1, initializer=broken_initializer)
         with pytest.raises(RuntimeError, match="cannot start"):
             await pool.call(square, 2)
 
     async def test_start_method_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """``OFFLOAD_<POOL>_START_METHOD`` picks how workers start."""
-        pool = new_pool(max_workers=1)
+        pool = new_pool("process", max_workers=1)
         monkeypatch.setenv(f"OFFLOAD_{pool.name.upper().replace('-', '_')}_START_METHOD", "spawn")
         assert pool.settings().start_method == "spawn"
         assert await pool.call(square, 4) == 16
 
     def test_defaults(self) -> None:
         """Process pools default to one worker per usable CPU and forkserver where it exists."""
-        settings = new_pool().settings()
+        settings = new_pool("process").settings()
         assert settings.max_workers == offload._settings.usable_cpus()
         assert settings.start_method in ("forkserver", "spawn")
         assert settings.max_tasks_per_worker is None
@@ -516,7 +511,7 @@ class TestSettings:
     def test_bad_start_method(self) -> None:
         """An unknown start method is a ``ValueError`` that lists the valid ones."""
         with pytest.raises(ValueError, match="start_method='threads' is not valid"):
-            new_pool(start_method="threads")
+            new_pool("process", start_method="threads")
 
     def test_kill_is_the_default_policy(self) -> None:
         """Process pools cancel by killing; ``abandon`` is a thread policy."""
@@ -537,7 +532,7 @@ class TestLifecycle:
         self, backend: str, options: dict[str, Any], tmp: Path
     ) -> None:
         """When ``run`` returns, every worker process is gone, even one that was busy."""
-        pool = new_pool(max_workers=2, shutdown_timeout=0.2)
+        pool = new_pool("process", max_workers=2, shutdown_timeout=0.2)
         started = tmp / "started"
 
         async def main() -> None:
@@ -561,7 +556,7 @@ class TestLifecycle:
         import asyncio
         import logging
 
-        pool = new_pool(max_workers=1, shutdown_timeout=0.2)
+        pool = new_pool("process", max_workers=1, shutdown_timeout=0.2)
         started = tmp / "started"
         patient = pool(cancel="wait")(spin_after_touching)
 
@@ -662,7 +657,7 @@ def process_scenario(
     import random
 
     rng = random.Random(seed)
-    pool = new_pool(max_workers=max_workers, max_pending=max_pending)
+    pool = new_pool("process", max_workers=max_workers, max_pending=max_pending)
     policy: Any = cancel
     plain = pool(cancel=policy)(random_body)
     timed = pool(cancel=policy, timeout=0.05)(random_body)
@@ -734,7 +729,7 @@ def process_scenario(
     assert watch.problems == []
 
 
-@pytest.mark.parametrize("backend", RUNS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(
     max_examples=10,
     deadline=None,
@@ -763,7 +758,7 @@ def test_every_process_call_ends_exactly_once(
 class TestReconfigure:
     async def test_running_pool_applies_new_worker_settings(self) -> None:
         """``configure`` on a running process pool reaches the workers that start next."""
-        pool = new_pool(max_workers=1, initializer=remember, initargs=("first",))
+        pool = new_pool("process", max_workers=1, initializer=remember, initargs=("first",))
         assert await pool.call(initialized) == ["first"]
         pool.configure(initargs=("second",), max_tasks_per_worker=1)
         # the running worker ends after its next call; the one after starts anew

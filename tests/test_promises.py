@@ -19,25 +19,16 @@ import anyio.lowlevel
 import pytest
 
 import offload
-from _support import Gate, until
-
-_names = iter(range(1, 10_000))
+from _support import Gate, new_pool, until
 
 Pool = offload.ThreadPool | offload.ProcessPool
+_names = iter(range(1, 10_000))  # for pools that a test names itself
 
 
 @pytest.fixture(params=["thread", "process"])
 def kind(request: pytest.FixtureRequest) -> str:
     """Run the test on a thread pool and on a process pool."""
     return request.param  # type: ignore[no-any-return]
-
-
-def make_pool(kind: str, name: str | None = None, **settings: Any) -> Pool:
-    name = name or f"promise-{kind}-{next(_names)}"
-    if kind == "thread":
-        return offload.ThreadPool(name, **settings)
-
-    return offload.ProcessPool(name, **settings)
 
 
 # -- functions the workers run (module level: worker processes import them by name) ----------
@@ -106,14 +97,14 @@ request_cvar: contextvars.ContextVar[Payload | None] = contextvars.ContextVar(
 class TestAsyncCallablesAreRefused:
     async def test_coroutine_function(self, kind: str) -> None:
         """``call(async_fn)`` raises ``TypeError`` saying to await it directly."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         with pytest.raises(TypeError, match=r"answer is a coroutine function.*[Aa]wait it"):
             _ = await pool.call(answer)
 
     async def test_callable_returning_a_coroutine(self, kind: str) -> None:
         """A sync callable returning a coroutine gets ``TypeError``; the coroutine is closed
         (``filterwarnings = error`` turns a "never awaited" warning into a failure)."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         with pytest.raises(TypeError, match=r"returns_coroutine\(\) returned an awaitable"):
             _ = await pool.call(returns_coroutine)
 
@@ -126,7 +117,7 @@ class TestAsyncCallablesAreRefused:
 
     async def test_coroutine_function_uses_no_process(self) -> None:
         """A process pool refuses a coroutine function before any worker process starts."""
-        pool = make_pool("process")
+        pool = new_pool("process")
         with pytest.raises(TypeError):
             _ = await pool.call(answer)
 
@@ -137,7 +128,7 @@ class TestAsyncCallablesAreRefused:
 class TestAlreadyCancelled:
     async def test_cancelled_scope(self, kind: str, tmp_path: Path) -> None:
         """A call made in an already-cancelled scope raises the cancellation and never runs."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         marker = tmp_path / "ran"
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -153,7 +144,7 @@ class TestAlreadyCancelled:
 
     async def test_task_group_cancelled_after_start_soon(self, kind: str, tmp_path: Path) -> None:
         """A task group cancelled right after ``start_soon`` runs none of its calls."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         marker = tmp_path / "ran"
         async with anyio.create_task_group() as tg:
             tg.start_soon(call_touch, pool, str(marker))
@@ -167,7 +158,7 @@ class TestAlreadyCancelled:
 
     async def test_decorated_function_with_timeout(self) -> None:
         """A decorated function with a ``timeout`` in a cancelled scope never runs either."""
-        pool = offload.ThreadPool(f"promise-{next(_names)}")
+        pool = new_pool()
         ran = threading.Event()
 
         @pool(timeout=10.0, limit=1)
@@ -186,7 +177,7 @@ class TestAlreadyCancelled:
 
     async def test_generator_in_a_cancelled_scope(self) -> None:
         """An offloaded generator started in a cancelled scope never starts its thread."""
-        pool = offload.ThreadPool(f"promise-{next(_names)}")
+        pool = new_pool()
         ran = threading.Event()
 
         @pool
@@ -206,7 +197,7 @@ class TestAlreadyCancelled:
 
     async def test_shielded_scope_inside_runs(self) -> None:
         """A call in a shielded scope inside a cancelled one runs (it is not cancelled)."""
-        pool = make_pool("thread")
+        pool = new_pool("thread")
         with anyio.CancelScope() as outer:
             outer.cancel()
             with anyio.CancelScope(shield=True):
@@ -225,7 +216,7 @@ async def _settle() -> None:
 class TestNothingOutlivesTheCall:
     async def test_function_arguments_and_result(self, kind: str) -> None:
         """After a call returns, offload holds none of its function, arguments or result."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         fn, arg, extra = Payload("fn"), Payload("arg"), Payload("extra")
         refs = [weakref.ref(x) for x in (fn, arg, extra)]
         result = await pool.call(fn if kind == "thread" else echo, arg, extra=extra)
@@ -237,7 +228,7 @@ class TestNothingOutlivesTheCall:
 
     async def test_raised_exception_and_arguments(self, kind: str) -> None:
         """After a call raises, offload holds neither the exception nor the arguments."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         arg = Payload("arg")
         ref = weakref.ref(arg)
         with pytest.raises(Failure) as info:
@@ -252,7 +243,7 @@ class TestNothingOutlivesTheCall:
     async def test_copied_context(self, kind: str) -> None:
         """A request object in a contextvar does not outlive its request, also when the call
         starts the pool (and its lifecycle task) in this loop."""
-        pool = make_pool(kind)
+        pool = new_pool(kind)
         request = Payload("request")
         ref = weakref.ref(request)
         token = request_cvar.set(request)
@@ -265,7 +256,7 @@ class TestNothingOutlivesTheCall:
 
     async def test_abandoned_call_drops_its_arguments_when_done(self) -> None:
         """A call whose caller was cancelled while it ran drops its arguments once done."""
-        pool = offload.ThreadPool(f"promise-{next(_names)}")
+        pool = new_pool()
         gate = Gate()
         arg = Payload("arg")
         ref = weakref.ref(arg)
@@ -291,7 +282,7 @@ class TestClosedPoolIsCollected:
     async def test_name_is_free_again(self, kind: str) -> None:
         """A closed pool nobody references is collected, and its name can be used again."""
         name = f"reuse-{kind}-{next(_names)}"
-        pool = make_pool(kind, name)
+        pool = new_pool(kind, name)
         async with pool:
             assert await pool.call(abs, -3) == 3
 
@@ -299,19 +290,19 @@ class TestClosedPoolIsCollected:
         del pool
         gc.collect()
         assert ref() is None
-        again = make_pool(kind, name)
+        again = new_pool(kind, name)
         async with again:
             assert await again.call(abs, -4) == 4
 
     async def test_open_pool_keeps_its_name(self) -> None:
         """A pool still referenced keeps its name: making another one raises ``ValueError``."""
         name = f"kept-{next(_names)}"
-        pool = make_pool("thread", name)
+        pool = new_pool("thread", name)
         async with pool:
             await pool.call(abs, -1)
 
         with pytest.raises(ValueError, match="already exists"):
-            make_pool("thread", name)
+            new_pool("thread", name)
 
 
 class TestMissingMainFile:
@@ -321,7 +312,7 @@ class TestMissingMainFile:
         main = sys.modules["__main__"]
         monkeypatch.setattr(main, "__spec__", None)
         monkeypatch.setattr(main, "__file__", str(tmp_path / "gone.py"), raising=False)
-        pool = make_pool("process")
+        pool = new_pool("process")
         async with pool:
             assert await pool.call(abs, -5) == 5
 
@@ -335,7 +326,7 @@ class TestMissingMainFile:
         missing = str(tmp_path / "gone.py")
         monkeypatch.setattr(main, "__spec__", None)
         monkeypatch.setattr(main, "__file__", missing, raising=False)
-        pool = make_pool("process", max_workers=3)
+        pool = new_pool("process", max_workers=3)
         release = tmp_path / "release"
         results: list[str] = []
 

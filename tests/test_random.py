@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offload
-from _support import RUNS, WAIT, StatsWatch, new_pool, until
+from _support import BACKENDS, WAIT, StatsWatch, new_pool, until
 
 KINDS = ("ok", "raise", "block", "cancel", "timeout")
 
@@ -177,7 +177,7 @@ def scenario(
 calls = st.lists(st.tuples(st.sampled_from(KINDS), st.booleans()), min_size=1, max_size=16)
 
 
-@pytest.mark.parametrize("backend", RUNS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(
     max_examples=60,
     deadline=None,

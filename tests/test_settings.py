@@ -14,6 +14,10 @@ import pytest
 import offload
 from _support import new_pool
 from offload._settings import (
+    OPTIONAL_POSITIVE_SECONDS,
+    OPTIONAL_WHOLE_AT_LEAST_1,
+    SECONDS,
+    WHOLE_AT_LEAST_0,
     ProcessOptions,
     ProcessSettings,
     ThreadOptions,
@@ -49,6 +53,27 @@ class TestDefinedOnce:
                 assert setting.parse is None  # a function cannot come from the environment
             else:
                 assert setting.parse is not None
+
+    @pytest.mark.parametrize(
+        ("option", "value", "setting"),
+        [
+            ("limit", 0, OPTIONAL_WHOLE_AT_LEAST_1),
+            ("timeout", 0, OPTIONAL_POSITIVE_SECONDS),
+            ("retries", -1, WHOLE_AT_LEAST_0),
+            ("grace", float("nan"), SECONDS),
+        ],
+    )
+    def test_function_options_are_checked_as_settings_are(
+        self, option: str, value: object, setting: Any
+    ) -> None:
+        """A decorated function's bad option is refused in the words of the same checker."""
+        pool = new_pool("process")
+        with pytest.raises(ValueError, match=r"is not valid: it must be ") as caught:
+            pool(**{option: value})  # type: ignore[call-overload, arg-type, unused-ignore]
+
+        assert (
+            str(caught.value) == f"{option}={value!r} is not valid: it must be {setting.explain()}"
+        )
 
 
 class TestDefaults:

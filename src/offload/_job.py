@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._backends import Waiter
     from ._limiter import Limiter
+    from ._options import Options
 
 __all__ = ("Job", "ProcessCallState", "cancelled", "qualname", "refuse_awaitable")
 
@@ -23,7 +24,7 @@ class ProcessCallState:
 
     active = False
     current = 0
-    cancelled = 0
+    told_to_stop = 0  # the number of the last call whose caller stopped waiting
 
 
 def cancelled() -> bool:
@@ -44,23 +45,23 @@ def cancelled() -> bool:
     """
     if ProcessCallState.active:
         current = ProcessCallState.current
-        return current != 0 and current == ProcessCallState.cancelled
+        return current != 0 and current == ProcessCallState.told_to_stop
 
     job: Job | None = getattr(_local, "job", None)
-    return job is not None and job.cancelled
+    return job is not None and job.caller_gone
 
 
 class Job:
     """A call: what to run, how it ended, and the waiter of the task that awaits it.
 
-    The worker thread writes ``value``/``error``/``started``/``ended`` and then hands the job
-    back to the loop thread; the loop thread owns every other field.
+    The worker writes ``value``/``error``/``ok``/``started``/``ended`` and then hands the job
+    to its delivery callback; the loop thread owns every other field.
     """
 
     __slots__ = (
         "abandoned",
         "args",
-        "cancelled",
+        "caller_gone",
         "context",
         "delivered",
         "ended",
@@ -69,14 +70,12 @@ class Job:
         "fn_limiter",
         "kwargs",
         "label",
-        "number",
         "ok",
+        "options",
         "queued",
-        "retries",
         "started",
         "value",
         "waiter",
-        "worker",
     )
 
     def __init__(
@@ -88,6 +87,7 @@ class Job:
         waiter: Waiter,
         fn_limiter: Limiter | None,
         queued: float,
+        options: Options | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -96,22 +96,20 @@ class Job:
         self.waiter = waiter
         self.fn_limiter = fn_limiter
         self.queued = queued
+        self.options = options  # the function's options (None: the pool's defaults)
         self.label: str | None = None
-        self.number = 0  # a process pool's call number, for cancel notices
-        self.retries = 0  # re-runs after a worker process crashed
-        self.worker: Any = None  # the process that runs it, in a process pool
         self.started = 0.0
         self.ended = 0.0
         self.ok = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.cancelled = False  # the caller is gone, or asked to stop
+        self.caller_gone = False  # the caller stopped waiting: offload.cancelled() is True
         self.abandoned = False  # the caller is gone; the result goes nowhere
         self.delivered = False  # the loop resolved the waiter with the outcome
 
     def run(self) -> None:
         """Run the call here (in a worker thread) unless its caller is already gone."""
-        if self.cancelled:
+        if self.caller_gone:
             return
 
         _local.job = self

@@ -1,9 +1,14 @@
 """Mechanism: worker processes, pickling, kill-and-replace.
 
 Each worker thread of a process pool owns at most one worker process and talks to it over a
-pipe: it pickles the call, sends it, and waits for the answer or for the process to die. So
-a process pool reuses the thread pool's capacity, queue and idle handling, and a dead worker
-fails exactly the one call it was running, unlike ``BrokenProcessPool``.
+pipe: its runner (:class:`_ProcessRunner`) pickles the call, sends it, and waits for the
+answer or for the process to die. So a process pool composes the thread layer (its capacity,
+queue and idle handling) with a runner per thread, and a dead worker fails exactly the one
+call it was running, unlike ``BrokenProcessPool``. How a call reaches its process stays
+behind that runner: the loop may own the pipes one day without the pool noticing.
+
+:class:`ProcessWorkers` can also stop a running call, in three steps: notify (the worker's
+``offload.cancelled()`` turns True), terminate (SIGTERM) and kill (SIGKILL).
 
 A second, one-way pipe carries control messages to the worker: the number of a call whose
 caller asked to stop (``offload.cancelled()`` turns True inside), and, when the parent dies,
@@ -13,7 +18,6 @@ end-of-file, on which the worker exits at once.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 import multiprocessing
@@ -21,67 +25,26 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
-import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Generator
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
+from ._child import JOB_NUMBER, PROTOCOL, FunctionRef, RemoteTraceback, child_main, describe
 from ._exceptions import SerializationError, WorkerCrashed
-from ._job import Job, ProcessCallState, refuse_awaitable
+from ._job import Job, refuse_awaitable
+from ._options import KILL_GRACE
 from ._settings import PoolSettings, ProcessSettings
-from ._threads import ThreadWorkers, _Worker
+from ._threads import ThreadWorkers
 
-__all__ = ("KILL_GRACE", "ProcessWorkers", "check_picklable_function", "reference")
+__all__ = ("FunctionRef", "ProcessWorkers", "check_picklable_function", "reference")
 
 logger = logging.getLogger("offload")
 
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
-_JOB_NUMBER = struct.Struct("!Q")
 
 # Windows has no SIGKILL; there, terminate is as hard as it gets.
 _SIGKILL: int = getattr(signal, "SIGKILL", signal.SIGTERM)
-
-# Grace between SIGTERM and SIGKILL when a running call is cancelled or a pool closes.
-KILL_GRACE = 1.0
-
-
-# -- what crosses to the worker ---------------------------------------------------------------
-
-
-class FunctionRef:
-    """A module-level function decorated by offload, sent by its import path.
-
-    The name in its module is the async wrapper, so the worker looks the name up and runs the
-    original function the wrapper keeps in ``__offload_target__``.
-    """
-
-    __slots__ = ("module", "qualname")
-
-    def __init__(self, module: str, qualname: str) -> None:
-        self.module = module
-        self.qualname = qualname
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (FunctionRef, (self.module, self.qualname))
-
-    @property
-    def offload_name(self) -> str:
-        """The function's qualified name, for messages."""
-        return self.qualname
-
-    def resolve(self) -> Callable[..., Any]:
-        target: Any = sys.modules.get(self.module) or importlib.import_module(self.module)
-        for part in self.qualname.split("."):
-            namespace = getattr(target, "__dict__", {})
-            target = namespace[part] if part in namespace else getattr(target, part)
-
-        if isinstance(target, (staticmethod, classmethod)):
-            target = cast(Any, target).__func__
-
-        return getattr(target, "__offload_target__", target)  # type: ignore[no-any-return]
 
 
 def reference(fn: Callable[..., Any]) -> object:
@@ -110,22 +73,17 @@ def check_picklable_function(fn: Callable[..., Any], pool: str) -> None:
         )
 
 
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _dumps_call(job: Job) -> bytes:
     """Pickle a call for the worker, or raise ``SerializationError`` naming the culprit."""
     fn = reference(job.fn)
     try:
-        return pickle.dumps((fn, job.args, job.kwargs), _PROTOCOL)
+        return pickle.dumps((fn, job.args, job.kwargs), PROTOCOL)
     except Exception as exc:  # find the part that failed, to say so
         error = exc
 
     name = job.name
     try:
-        pickle.dumps(fn, _PROTOCOL)
+        pickle.dumps(fn, PROTOCOL)
     except Exception as exc:
         raise SerializationError(
             "function",
@@ -139,116 +97,17 @@ def _dumps_call(job: Job) -> bytes:
     parts += [(f"argument {k}=", v) for k, v in job.kwargs.items()]
     for label, value in parts:
         try:
-            pickle.dumps(value, _PROTOCOL)
+            pickle.dumps(value, PROTOCOL)
         except Exception as exc:
             raise SerializationError(
                 "argument",
                 name,
-                f"{label} ({_describe(value)}) cannot be pickled: {type(exc).__name__}: {exc}",
+                f"{label} ({describe(value)}) cannot be pickled: {type(exc).__name__}: {exc}",
                 "pass plain data that pickles (a path, a URL, settings), and open files, "
                 "sockets, locks or connections inside the worker (or in initializer=)",
             ) from exc
 
     raise SerializationError("call", name, f"{type(error).__name__}: {error}", "") from error
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker process, as text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-class RemoteError(Exception):
-    """Stands for an exception from a worker process that could not be pickled back."""
-
-
-# -- the worker process -----------------------------------------------------------------------
-
-
-def _watch_control(control: multiprocessing.connection.Connection) -> None:
-    while True:
-        try:
-            data = control.recv_bytes()
-        except (EOFError, OSError):
-            # The parent is gone (or closed the pool): nothing will read our results.
-            os._exit(0)
-
-        (ProcessCallState.cancelled,) = _JOB_NUMBER.unpack(data)
-
-
-def _pack_outcome(number: int, ok: bool, value: Any, name: str) -> bytes:
-    """Pickle a call's outcome; what cannot be pickled is replaced by an error saying so."""
-    try:
-        return pickle.dumps((number, ok, value), _PROTOCOL)
-    except Exception as exc:
-        if ok:
-            error: BaseException = SerializationError(
-                "result",
-                name,
-                f"the result ({_describe(value)}) cannot be pickled: {type(exc).__name__}: {exc}",
-                "return plain data that pickles (numbers, strings, bytes, lists, dicts, "
-                "dataclasses of those)",
-            )
-            return pickle.dumps((number, False, (error, "")), _PROTOCOL)
-
-        original, text = value
-        error = RemoteError(f"{type(original).__qualname__}: {original}")
-        return pickle.dumps((number, False, (error, text)), _PROTOCOL)
-
-
-def child_main(
-    conn: multiprocessing.connection.Connection,
-    control: multiprocessing.connection.Connection,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-) -> None:
-    """The worker process: run calls from ``conn`` until it closes."""
-    # Ctrl+C reaches the whole process group; the parent decides what to cancel.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_control, args=(control,), daemon=True).start()
-    ProcessCallState.active = True
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            text = traceback.format_exc()
-            conn.send_bytes(_pack_outcome(0, False, (exc, text), "initializer"))
-            return
-
-    conn.send_bytes(_pack_outcome(0, True, os.getpid(), "start"))
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-
-        number, payload = data[: _JOB_NUMBER.size], data[_JOB_NUMBER.size :]
-        (number,) = _JOB_NUMBER.unpack(number)
-        name = "call"
-        ProcessCallState.current = number
-        try:
-            ref, args, kwargs = pickle.loads(payload)
-            fn = ref.resolve() if isinstance(ref, FunctionRef) else ref
-            name = getattr(fn, "__qualname__", name)
-            result = fn(*args, **kwargs)
-            if hasattr(result, "__await__"):
-                raise refuse_awaitable(fn, result)
-
-            outcome = _pack_outcome(number, True, result, name)
-            del result
-        except BaseException as exc:
-            outcome = _pack_outcome(number, False, (exc, traceback.format_exc()), name)
-        finally:
-            ProcessCallState.current = 0
-
-        del data, payload
-        conn.send_bytes(outcome)
-        del outcome
 
 
 # -- the parent's side ------------------------------------------------------------------------
@@ -321,11 +180,6 @@ class _Process:
         self.calls = 0
         self.killed = False
         self.closed = False
-        # The number of the call running in this worker now (0: none). The owning thread
-        # sets and clears it, and interrupt() reads it, under ``lock``: a kill meant for
-        # one call must never hit the next call on the same worker.
-        self.current = 0
-        self.lock = threading.Lock()
 
     def wait_ready(self, function: str) -> None:
         """Wait for the worker's start (its initializer); raise what the initializer raised."""
@@ -354,10 +208,10 @@ class _Process:
 
         return WorkerCrashed(function, self.pid, code, None, starting)
 
-    def notify_cancelled(self, number: int) -> None:
-        """Tell the worker that call ``number``'s caller asked to stop (under ``lock``)."""
+    def notify(self, number: int) -> None:
+        """Tell the worker that call ``number``'s caller stopped waiting."""
         try:
-            self.control.send_bytes(_JOB_NUMBER.pack(number))
+            self.control.send_bytes(JOB_NUMBER.pack(number))
         except (OSError, ValueError):  # gone already
             pass
 
@@ -407,59 +261,35 @@ class _Process:
 
 
 def _gone(job: Job) -> bool:
-    # The loop thread sets job.cancelled at any time; a function call keeps type checkers
+    # The loop thread sets job.caller_gone at any time; a function call keeps type checkers
     # from narrowing the attribute to the value it had when last read.
-    return job.cancelled
+    return job.caller_gone
 
 
-class ProcessWorkers(ThreadWorkers):
-    """The worker processes of one pool in one event loop: one per worker thread."""
+class _ProcessRunner:
+    """Runs the calls of one worker thread in the worker process that thread owns."""
 
-    def __init__(
-        self,
-        pool: str,
-        post: Callable[[Job], None],
-        max_workers: int,
-        idle_timeout: float,
-        start_method: str,
-        max_tasks_per_worker: int | None,
-        initializer: Callable[..., object] | None,
-        initargs: tuple[Any, ...],
-    ) -> None:
-        super().__init__(pool, post, max_workers, idle_timeout)
-        self._context = multiprocessing.get_context(start_method)
-        self.max_tasks_per_worker = max_tasks_per_worker
-        self._initializer = initializer
-        self._initargs = initargs
-        self._numbers_lock = threading.Lock()
-        self._next_number = 0
+    __slots__ = ("job", "lock", "number", "process", "workers")
 
-    def reconfigure(self, settings: PoolSettings) -> None:
-        """Apply new settings: sizes at once, the rest to worker processes that start next."""
-        assert isinstance(settings, ProcessSettings)
-        self._context = multiprocessing.get_context(settings.start_method)
-        self.max_tasks_per_worker = settings.max_tasks_per_worker
-        self._initializer = settings.initializer
-        self._initargs = settings.initargs
-        super().reconfigure(settings)
+    def __init__(self, workers: ProcessWorkers) -> None:
+        self.workers = workers
+        self.process: _Process | None = None
+        # The call running in ``process`` now (None: none), and its number. This thread
+        # sets and clears them, and the stop actions read them, under ``lock``: a kill meant
+        # for one call must never hit the next call on the same worker.
+        self.job: Job | None = None
+        self.number = 0
+        self.lock = threading.Lock()
 
-    def _number(self) -> int:
-        with self._numbers_lock:
-            self._next_number += 1
-            return self._next_number
-
-    def _start_process(self, function: str) -> _Process:
-        process = _Process(self._context, self._pool, self._initializer, self._initargs)
-        try:
-            process.wait_ready(function)
-        except BaseException:
+    def close(self) -> None:
+        """The thread is about to exit: stop its process."""
+        process = self.process
+        if process is not None:
+            self.process = None
             process.stop()
-            raise
 
-        return process
-
-    def _execute(self, me: _Worker, job: Job) -> None:
-        if job.cancelled:
+    def run(self, job: Job) -> None:
+        if job.caller_gone:
             return
 
         if inspect.iscoroutinefunction(job.fn):  # refused before any process is used
@@ -472,74 +302,104 @@ class ProcessWorkers(ThreadWorkers):
             job.error = exc
             return
 
-        job.number = number = self._number()
-        message = _JOB_NUMBER.pack(number) + payload
+        workers = self.workers
+        number = workers.next_number()
+        message = JOB_NUMBER.pack(number) + payload
         del payload
+        retries = 0 if job.options is None else job.options.retries
         tries = 0
-        while True:
-            process: _Process | None = me.process
-            if process is not None and process.killed:
-                # A kill that landed as its call finished: this worker is on its way out.
-                me.process = None
-                process.stop()
-                process = None
-
-            if process is None:
-                try:
-                    process = me.process = self._start_process(job.name)
-                except BaseException as exc:
-                    job.error = exc
+        running = workers.running
+        try:
+            while True:
+                answer = self._send(job, number, message, running)
+                if answer is None:
                     return
 
-            job.worker = process
-            with process.lock:
-                # interrupt() sets job.cancelled first, then looks at process.current under
-                # this lock: either it sees this call running and kills it, or we see the
-                # flag here and never send it.
-                if _gone(job):
-                    return
+                if isinstance(answer, bytes):
+                    break
 
-                process.current = number
-
-            job.started = perf_counter()
-            try:
-                process.conn.send_bytes(message)
-                answer = process.conn.recv_bytes()
-            except (EOFError, OSError):
-                job.ended = perf_counter()
-                with process.lock:
-                    process.current = 0
-
-                me.process = None
-                crash = process.crashed(job.name)
-                if job.cancelled or process.killed:
-                    job.error = crash
-                    return
-
-                if tries < job.retries:
+                if tries < retries:
                     tries += 1
                     logger.warning(
                         "pool %r: the worker process (pid %s) running %s() died (exit code "
                         "%s, signal %s); running it again on a fresh worker (retry %d of %d)",
-                        self._pool,
-                        crash.pid,
+                        workers.pool,
+                        answer.pid,
                         job.name,
-                        crash.exitcode,
-                        crash.signal,
+                        answer.exitcode,
+                        answer.signal,
                         tries,
-                        job.retries,
+                        retries,
                     )
                     continue
 
-                job.error = crash
+                job.error = answer
                 return
+        finally:
+            running.pop(job, None)
 
+        self._read(job, answer)
+
+    def _send(
+        self, job: Job, number: int, message: bytes, running: dict[Job, _ProcessRunner]
+    ) -> bytes | WorkerCrashed | None:
+        """Send the call to this thread's process (started if need be) and wait.
+
+        Returns:
+            The answer; or the crash of a process that died under a call that may run
+            again; or None when the outcome is set already (a start failed, the caller is
+            gone, or the process was killed under it).
+        """
+        process = self.process
+        if process is not None and process.killed:
+            # A kill that landed as its call finished: this worker is on its way out.
+            self.process = None
+            process.stop()
+            process = None
+
+        if process is None:
+            try:
+                process = self.process = self.workers.start_process(job.name)
+            except BaseException as exc:
+                job.error = exc
+                return None
+
+        with self.lock:
+            # The stop actions see job.caller_gone first, then look at this runner under
+            # this lock: either they see this call running and stop it, or we see the flag
+            # here and never send it.
+            if _gone(job):
+                return None
+
+            self.job = job
+            self.number = number
+            running[job] = self
+
+        job.started = perf_counter()
+        try:
+            process.conn.send_bytes(message)
+            answer = process.conn.recv_bytes()
+        except (EOFError, OSError):
             job.ended = perf_counter()
-            with process.lock:
-                process.current = 0
+            with self.lock:
+                self.job = None
 
-            break
+            self.process = None
+            crash = process.crashed(job.name)
+            if job.caller_gone or process.killed:
+                job.error = crash
+                return None
 
+            return crash
+
+        job.ended = perf_counter()
+        with self.lock:
+            self.job = None
+
+        return answer
+
+    def _read(self, job: Job, answer: bytes) -> None:
+        """Fill in the job's outcome from the worker's answer."""
         try:
             _, ok, value = pickle.loads(answer)
         except Exception as exc:
@@ -560,38 +420,114 @@ class ProcessWorkers(ThreadWorkers):
 
                 job.error = error
 
-        process.calls += 1
-        if self.max_tasks_per_worker is not None and process.calls >= self.max_tasks_per_worker:
-            me.process = None
-            process.stop()
-
-    def _on_exit(self, me: _Worker) -> None:
-        process: _Process | None = me.process
-        if process is not None:
-            me.process = None
-            process.stop()
-
-    def interrupt(self, job: Job, kill: bool) -> None:
-        """The caller of a running ``job`` is gone: kill its worker, or tell it to stop."""
-        process: _Process | None = job.worker
-        if process is None:
-            return  # not sent yet: the thread sees job.cancelled before it sends
-
-        with process.lock:
-            if process.current != job.number:
-                return  # not sent yet, or done already: nothing to stop
-
-            if kill:
-                process.kill(signal.SIGTERM)
-            else:
-                process.notify_cancelled(job.number)
-
-    def escalate(self, job: Job) -> None:
-        """SIGKILL the worker of ``job`` if SIGTERM did not end it."""
-        process: _Process | None = job.worker
+        process = self.process
         if process is None:
             return
 
-        with process.lock:
-            if process.killed and process.current == job.number and process.alive():
+        process.calls += 1
+        limit = self.workers.max_tasks_per_worker
+        if limit is not None and process.calls >= limit:
+            self.process = None
+            process.stop()
+
+
+class ProcessWorkers:
+    """The worker processes of one pool in one event loop: one per worker thread.
+
+    The threads, their queue and the pending bound are a :class:`ThreadWorkers`; each
+    thread's runner owns a process. Stopping a running call is this kind's own capability
+    (:meth:`notify`, :meth:`terminate`, :meth:`kill`).
+    """
+
+    def __init__(
+        self,
+        pool: str,
+        deliver: Callable[[Job], None],
+        max_workers: int,
+        idle_timeout: float,
+        start_method: str,
+        max_tasks_per_worker: int | None,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
+        self.pool = pool
+        self._context = multiprocessing.get_context(start_method)
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self._initializer = initializer
+        self._initargs = initargs
+        self._numbers_lock = threading.Lock()
+        self._next_number = 0
+        self.running: dict[Job, _ProcessRunner] = {}  # calls sent to a process, by job
+        self._threads = threads = ThreadWorkers(
+            pool, deliver, max_workers, idle_timeout, self._new_runner
+        )
+        self.queue = threads.queue
+        self.submit = threads.submit
+        self.withdraw = threads.withdraw
+        self.withdraw_all = threads.withdraw_all
+        self.gauges = threads.gauges
+        self.shutdown = threads.shutdown
+
+    def _new_runner(self) -> _ProcessRunner:
+        return _ProcessRunner(self)
+
+    def reconfigure(self, settings: PoolSettings) -> None:
+        """Apply new settings: sizes at once, the rest to worker processes that start next."""
+        assert isinstance(settings, ProcessSettings)
+        self._context = multiprocessing.get_context(settings.start_method)
+        self.max_tasks_per_worker = settings.max_tasks_per_worker
+        self._initializer = settings.initializer
+        self._initargs = settings.initargs
+        self._threads.reconfigure(settings)
+
+    def next_number(self) -> int:
+        """Number a call, for the notices that tell a worker to stop it."""
+        with self._numbers_lock:
+            self._next_number += 1
+            return self._next_number
+
+    def start_process(self, function: str) -> _Process:
+        """Start a worker process and wait until its initializer ran."""
+        process = _Process(self._context, self.pool, self._initializer, self._initargs)
+        try:
+            process.wait_ready(function)
+        except BaseException:
+            process.stop()
+            raise
+
+        return process
+
+    # -- stopping a running call (set job.caller_gone first) -------------------------------
+
+    def notify(self, job: Job) -> None:
+        """Tell the process running ``job`` that its caller is gone (``offload.cancelled()``)."""
+        runner = self.running.get(job)
+        if runner is None:
+            return  # not sent yet (the runner sees job.caller_gone), or done
+
+        with runner.lock:
+            process = runner.process
+            if runner.job is job and process is not None:
+                process.notify(runner.number)
+
+    def terminate(self, job: Job) -> None:
+        """SIGTERM the process running ``job``, if it still runs it."""
+        runner = self.running.get(job)
+        if runner is None:
+            return
+
+        with runner.lock:
+            process = runner.process
+            if runner.job is job and process is not None:
+                process.kill(signal.SIGTERM)
+
+    def kill(self, job: Job) -> None:
+        """SIGKILL the process running ``job`` if SIGTERM did not end it."""
+        runner = self.running.get(job)
+        if runner is None:
+            return
+
+        with runner.lock:
+            process = runner.process
+            if runner.job is job and process is not None and process.killed and process.alive():
                 process.kill(_SIGKILL)

@@ -17,22 +17,47 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from ._job import Job
+from ._queue import JobQueue
 from ._settings import PoolSettings
 
-__all__ = ("ThreadWorkers",)
+__all__ = ("Runner", "ThreadWorkers")
+
+
+class Runner(Protocol):
+    """What runs the calls of one worker thread: the thread itself, or a process it owns.
+
+    A runner fills in the job's outcome (``value``/``error``/``ok``, ``started``/``ended``);
+    the thread then hands the job to the delivery callback.
+    """
+
+    def run(self, job: Job, /) -> None: ...
+    def close(self) -> None: ...
+
+
+class _InThread:
+    """A thread pool's runner: the job runs on the worker thread itself."""
+
+    __slots__ = ()
+
+    run = staticmethod(Job.run)
+
+    def close(self) -> None:
+        pass
+
+
+_IN_THREAD = _InThread()
 
 
 class _Worker(threading.Thread):
-    def __init__(self, workers: ThreadWorkers, name: str) -> None:
+    def __init__(self, workers: ThreadWorkers, name: str, runner: Runner) -> None:
         super().__init__(name=name, daemon=True)
         self.workers = workers
+        self.runner = runner
         self.job: Job | None = None
-        self.process: Any = None  # a process pool's worker process, owned by this thread
         self.woken = False
         self.wakeup = threading.Lock()
         self.wakeup.acquire()
@@ -54,27 +79,43 @@ class _Worker(threading.Thread):
             self.wakeup.acquire()  # until start() has returned in the starting thread
             self.workers._work(self)
         finally:
-            self.workers._on_exit(self)
+            self.runner.close()
 
 
 class ThreadWorkers:
-    """The worker threads of one pool in one event loop, and the calls waiting for them."""
+    """The worker threads of one pool in one event loop, and the calls waiting for them.
+
+    ``submit`` queues a job; a thread runs it (through its runner) and hands it to
+    ``deliver``, as trio's ``start_thread_soon(fn, deliver)`` does.
+    """
 
     def __init__(
-        self, pool: str, post: Callable[[Job], None], max_workers: int, idle_timeout: float
+        self,
+        pool: str,
+        deliver: Callable[[Job], None],
+        max_workers: int,
+        idle_timeout: float,
+        new_runner: Callable[[], Runner] | None = None,
     ) -> None:
         self._pool = pool
-        self._post = post
-        self.max_workers = max_workers
+        self._deliver = deliver
+        self._new_runner = new_runner
         self.idle_timeout = idle_timeout
-        self._lock = threading.Lock()
-        self._jobs: deque[Job] = deque()
+        self.queue = queue = JobQueue(max_workers)
+        self._lock = queue.lock
+        self._jobs = queue.jobs
+        self.withdraw = queue.withdraw
+        self.withdraw_all = queue.withdraw_all
         self._idle: list[_Worker] = []  # sleeping, newest last
         self._in_transit = 0  # woken for a job, not yet back under the lock
-        self._busy = 0  # threads running a job (abandoned ones included)
         self._threads: set[_Worker] = set()
         self._closing = False
         self._numbers = itertools.count(1)
+
+    @property
+    def max_workers(self) -> int:
+        """The most threads that may be alive."""
+        return self.queue.capacity
 
     @property
     def workers(self) -> int:
@@ -83,35 +124,28 @@ class ThreadWorkers:
 
     def gauges(self) -> tuple[int, int, int, int]:
         """Return, read together: threads alive, threads running a job (abandoned ones
-        included), jobs waiting (as :attr:`pending`), threads running an abandoned job."""
+        included), jobs waiting (as :attr:`JobQueue.pending`), threads running an abandoned
+        job."""
+        queue = self.queue
         with self._lock:
             abandoned = sum(1 for t in self._threads if t.job is not None and t.job.abandoned)
-            return len(self._threads), self._busy, self.pending, abandoned
+            return len(self._threads), queue.busy, queue.pending, abandoned
 
     @property
     def pending(self) -> int:
-        """How many queued jobs wait for a worker: those beyond the free capacity
-        (``max_workers`` less the threads running a job), however threads are being woken
-        or started to take the rest."""
-        return max(0, len(self._jobs) - max(0, self.max_workers - self._busy))
+        """How many queued jobs wait for a worker (see :attr:`JobQueue.pending`)."""
+        return self.queue.pending
 
-    def submit(self, job: Job, max_pending: int | None) -> bool:
+    def submit(self, job: Job, max_pending: int | None, elsewhere: int = 0) -> bool:
         """Queue ``job`` and make sure a thread will run it.
 
-        The bound counts every job queued and not yet taken by a thread: a job is admitted
-        while fewer than the free capacity (``max_workers`` less the threads running a job)
-        plus ``max_pending`` wait, so a burst on a warm pool is bounded exactly as one on a
-        cold pool, whatever threads are idle, waking or starting.
-
         Returns:
-            False if ``max_pending`` jobs already wait beyond the free capacity: the job was
-            not queued.
+            False if the pending bound refuses it (:meth:`JobQueue.refuses`, with
+            ``elsewhere`` calls of the pool waiting for a function's limit): the job was not
+            queued.
         """
         with self._lock:
-            if (
-                max_pending is not None
-                and len(self._jobs) >= self.max_workers - self._busy + max_pending
-            ):
+            if max_pending is not None and self.queue.refuses(max_pending, elsewhere, True):
                 return False
 
             self._jobs.append(job)
@@ -140,36 +174,22 @@ class ThreadWorkers:
             worker.wakeup.release()
             return None
 
-        if len(self._threads) >= self.max_workers:
+        if len(self._threads) >= self.queue.capacity:
             return None
 
-        worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}")
+        runner = _IN_THREAD if self._new_runner is None else self._new_runner()
+        worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}", runner)
         worker.woken = True
         self._in_transit += 1
         self._threads.add(worker)
         return worker
 
-    def withdraw(self, job: Job) -> bool:
-        """Take ``job`` back if no thread has started it; return whether it was."""
-        with self._lock:
-            try:
-                self._jobs.remove(job)
-            except ValueError:
-                return False
-
-            return True
-
-    def withdraw_all(self) -> list[Job]:
-        """Take back every job no thread has started (the pool is closing)."""
-        with self._lock:
-            jobs = list(self._jobs)
-            self._jobs.clear()
-            return jobs
-
     def _work(self, me: _Worker) -> None:
         lock = self._lock
+        queue = self.queue
         jobs = self._jobs
-        post = self._post
+        deliver = self._deliver
+        run = me.runner.run
         done: Job | None = None
         while True:
             new = None
@@ -180,13 +200,13 @@ class ThreadWorkers:
 
                 if me.job is not None:
                     me.job = None
-                    self._busy -= 1
+                    queue.busy -= 1
 
-                exiting = len(self._threads) > self.max_workers
+                exiting = len(self._threads) > queue.capacity
                 if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
-                    self._busy += 1
+                    queue.busy += 1
                     if jobs and not self._in_transit:
                         new = self._wake_one()  # more are queued: pass the word on
                 elif self._closing or exiting:
@@ -205,11 +225,11 @@ class ThreadWorkers:
                 new.start()
 
             if done is not None:
-                post(done)
+                deliver(done)
                 done = None
 
             if job is not None:
-                self._execute(me, job)
+                run(job)
                 done = job
                 del job
                 continue
@@ -226,25 +246,11 @@ class ThreadWorkers:
 
                 me.wakeup.acquire()  # a wake-up raced the timeout: take it
 
-    def _execute(self, me: _Worker, job: Job) -> None:
-        """Run ``job`` on the thread ``me`` (a process pool runs it in ``me``'s process)."""
-        job.run()
-
-    def _on_exit(self, me: _Worker) -> None:
-        """The thread ``me`` is about to exit (a process pool stops its process)."""
-
-    def interrupt(self, job: Job, kill: bool) -> None:
-        """The caller of a running ``job`` is gone; a thread cannot be stopped from outside,
-        so the job's ``cancelled`` flag (read by ``offload.cancelled()``) is all there is."""
-
-    def escalate(self, job: Job) -> None:
-        """Nothing to escalate for a thread."""
-
     def reconfigure(self, settings: PoolSettings) -> None:
         """Apply new settings: more threads start on demand; extra ones exit when idle."""
         max_workers = settings.max_workers
         with self._lock:
-            self.max_workers = max_workers
+            self.queue.capacity = max_workers
             self.idle_timeout = settings.idle_timeout
             wake = self._idle[max_workers:] if len(self._threads) > max_workers else []
 
