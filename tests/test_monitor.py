@@ -24,8 +24,8 @@ import trio
 import uvloop
 
 import offload
-from _support import new_pool, until
-from offload._monitor import Report, ReportRow, SiteShare, _alarm, _places
+from _support import new_pool, spin_until, until
+from offload._monitor import Report, ReportRow, SiteShare, _alarm, _clocks, _places
 
 THRESHOLD = 0.1
 BLOCK = 0.3
@@ -912,6 +912,30 @@ class TestBusyThreads:
 def two_sites() -> None:
     time.sleep(BLOCK / 2)
     spin(BLOCK)
+
+
+class TestOtherThreadClocks:
+    """The watchdog reads other threads' CPU clocks safely, even as they exit."""
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux kernel clock")
+    def test_clock_of_a_live_thread_is_its_cpu_time(self) -> None:
+        """A thread's clock, made from its kernel id, reads that thread's CPU time."""
+        clock = _clocks.native_thread_clock(threading.get_native_id())
+        assert clock == time.pthread_getcpuclockid(threading.get_ident())
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux kernel clock")
+    def test_clock_of_an_exited_thread_is_none(self) -> None:
+        """A thread that has exited has no clock (asking pthread for it read freed memory and
+        crashed ``python -m offload watch`` as a pool's threads exited)."""
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()  # the Python thread is done; the kernel's may linger a moment
+        native_id = thread.native_id
+        assert native_id is not None
+        spin_until(
+            lambda: not os.path.exists(f"/proc/self/task/{native_id}"), "the kernel thread ends"
+        )
+        assert _clocks.native_thread_clock(native_id) is None
 
 
 class TestReportCounts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ("runnable_now", "system_cpu", "thread_clock")
+__all__ = ("native_thread_clock", "runnable_now", "system_cpu", "thread_clock")
 
 
 def thread_clock(thread_id: int) -> int | None:
@@ -17,6 +17,26 @@ def thread_clock(thread_id: int) -> int | None:
         clock = time.pthread_getcpuclockid(thread_id)
         time.clock_gettime(clock)
     except (OSError, OverflowError):  # pragma: no cover - a platform that lies about it
+        return None
+
+    return clock
+
+
+def native_thread_clock(native_id: int | None) -> int | None:
+    """Return the CPU clock of a thread of this process by its kernel id, on Linux.
+
+    Safe for a thread that may exit at any moment: the clock is made from the id as Linux
+    makes it (``MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)``), and reading the clock of a
+    thread that has exited fails with ``EINVAL``. ``pthread_getcpuclockid`` on such a thread
+    reads freed memory, and crashed the process.
+    """
+    if native_id is None or not sys.platform.startswith("linux"):
+        return None
+
+    clock = ((~native_id) << 3) | 6
+    try:
+        time.clock_gettime(clock)
+    except OSError:  # it has exited already
         return None
 
     return clock

@@ -9,7 +9,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._clocks import runnable_now, system_cpu, thread_clock
+from ._clocks import native_thread_clock, runnable_now, system_cpu
 from ._events import MAX_SPLIT
 from ._places import LIBRARY, USER, get_places
 from ._watches import Watch
@@ -198,7 +198,8 @@ class OtherThread:
     def __init__(self, ident: int, thread: threading.Thread | None, now: float) -> None:
         self.name = thread.name if thread is not None else str(ident)
         self.native_id = thread.native_id if thread is not None else None
-        self.clock = thread_clock(ident)
+        # By kernel id: the thread may exit while the watchdog looks at it.
+        self.clock = native_thread_clock(self.native_id)
         self.first_cpu = self.last_cpu = self._cpu()
         self.first_cpu_at = self.last_cpu_at = now
         self.looks = self.moves = self.runnable_looks = 0
@@ -328,9 +329,19 @@ class Stall:
                 moved = runnable
         key = sample.root if sample.step else None
         current = self.segment
-        if self.sample_count and gap > self.gil_held_gap and share >= 0.2 and current is not None:
+        if (
+            self.sample_count
+            and gap > self.gil_held_gap
+            and share >= 0.2
+            and current is not None
+            and current.root is key
+            and current.step == sample.step
+        ):
             # The loop thread held the GIL since the last look: a C call that began after it,
-            # at the last look's site. This look lands wherever the call returned to.
+            # at the last look's site. This look lands wherever the call returned to, in the
+            # same step. (Between two steps, the gap is the watchdog's own wait for the GIL
+            # while short steps computed: giving it to the last step would make one of them
+            # look long, and blame a line for saturation.)
             current.add_time(dt, share, moved=True)
             self.accounted_until, dt = now, 0.0
 
