@@ -321,7 +321,8 @@ class TestAsPeopleFirstMeetIt:
         lines = path.read_text().splitlines()
         loop_line = lines.index("        total += i * i") + 1
         sleep_line = lines.index("    time.sleep(0.15)") + 1
-        result = pytester.runpytest("--offload-fail-on-blocking", str(path))
+        # -rN: no short summary, which repeats each message in full on CI.
+        result = pytester.runpytest("--offload-fail-on-blocking", "-rN", str(path))
         result.assert_outcomes(failed=3)
         out = result.stdout.str()
         name = "test_block_in_the_first_step.py"
