@@ -395,16 +395,22 @@ async def _concurrent(family: str, setup: Setup, workload: Workload, warmup: int
     return Measurement(workload.calls / elapsed, setup.threads, setup.how, {"seconds": elapsed})
 
 
-async def _heartbeat(family: str, setup: Setup, workload: Workload) -> Measurement:
-    assert workload.threads is not None
+async def _warm(family: str, setup: Setup, threads: int) -> None:
+    """Start ``threads`` threads of the contender, so that none starts during a measurement."""
     warm = setup.wrap(sleep_50ms)
 
     async def warm_one() -> None:
         await warm()
 
-    await gather(family, [warm_one] * workload.threads)  # every thread is started
+    await gather(family, [warm_one] * threads)
 
-    call = setup.wrap(sleep_10ms)
+
+async def _beats_while(
+    family: str, setup: Setup, work: Callable[[], Any], calls: int, beat: float
+) -> Measurement:
+    """Measure a heartbeat that asks for ``beat`` s sleeps while ``calls`` calls of ``work``
+    run through the contender: its lags' p99, p50 and max, in milliseconds."""
+    call = setup.wrap(work)
 
     async def one() -> None:
         await call()
@@ -417,13 +423,13 @@ async def _heartbeat(family: str, setup: Setup, workload: Workload) -> Measureme
         clock = time.perf_counter
         while not done:
             start = clock()
-            await sleep(family, HEARTBEAT)
-            lags.append(clock() - start - HEARTBEAT)
+            await sleep(family, beat)
+            lags.append(clock() - start - beat)
 
     async def load() -> None:
         nonlocal done, wall
         start = time.perf_counter()
-        await gather(family, [one] * workload.calls)
+        await gather(family, [one] * calls)
         wall = time.perf_counter() - start
         done = True
 
@@ -436,60 +442,25 @@ async def _heartbeat(family: str, setup: Setup, workload: Workload) -> Measureme
         {
             "p50_ms": _percentile(lags, 50) * 1e3,
             "max_ms": max(lags) * 1e3,
+            "max_gap_ms": (max(lags) + beat) * 1e3,
             "beats": float(len(lags)),
             "wall_ms": wall * 1e3,
         },
         [lag * 1e3 for lag in lags],
     )
+
+
+async def _heartbeat(family: str, setup: Setup, workload: Workload) -> Measurement:
+    assert workload.threads is not None
+    await _warm(family, setup, workload.threads)  # every thread is started
+    return await _beats_while(family, setup, sleep_10ms, workload.calls, HEARTBEAT)
 
 
 async def _cpu_heartbeat(family: str, setup: Setup, workload: Workload) -> Measurement:
     if workload.warm:
-        warm = setup.wrap(sleep_50ms)
+        await _warm(family, setup, workload.calls)  # every thread is started
 
-        async def warm_one() -> None:
-            await warm()
-
-        await gather(family, [warm_one] * workload.calls)  # every thread is started
-
-    call = setup.wrap(spin)
-
-    async def one() -> None:
-        await call()
-
-    lags: list[float] = []
-    done = False
-    wall = 0.0
-
-    async def heartbeat() -> None:
-        clock = time.perf_counter
-        while not done:
-            start = clock()
-            await sleep(family, CPU_HEARTBEAT)
-            lags.append(clock() - start - CPU_HEARTBEAT)
-
-    async def load() -> None:
-        nonlocal done, wall
-        start = time.perf_counter()
-        await gather(family, [one] * workload.calls)
-        wall = time.perf_counter() - start
-        done = True
-
-    gc.collect()
-    await gather(family, [heartbeat, load])
-    return Measurement(
-        _percentile(lags, 99) * 1e3,
-        setup.threads,
-        setup.how,
-        {
-            "p50_ms": _percentile(lags, 50) * 1e3,
-            "max_ms": max(lags) * 1e3,
-            "max_gap_ms": (max(lags) + CPU_HEARTBEAT) * 1e3,
-            "beats": float(len(lags)),
-            "wall_ms": wall * 1e3,
-        },
-        [lag * 1e3 for lag in lags],
-    )
+    return await _beats_while(family, setup, spin, workload.calls, CPU_HEARTBEAT)
 
 
 def workloads(quick: bool, warmup: bool = False) -> tuple[Workload, ...]:
