@@ -139,7 +139,7 @@ def busy_advice(frame: types.FrameType | None, thread: str) -> str:
         )
 
     code = frame.f_code
-    name = getattr(code, "co_qualname", code.co_name)
+    name = _qualname(code, frame)
     return _guarded(
         f"{name}() in thread {thread!r} holds the GIL or the CPUs while the loop waits: "
         f"{_process_text(code, frame)} instead of a thread",
@@ -162,9 +162,34 @@ def _function(code: types.CodeType, frame: types.FrameType, process: bool) -> st
     return _guarded(f"{_process_text(code, frame)} and await it", frame, process)
 
 
+def _qualname(code: types.CodeType, frame: types.FrameType) -> str:
+    """Return the qualified name of the function running in ``frame``.
+
+    Python 3.11+ keeps it on the code object. On 3.10 it is found where a module-level
+    function or a method would be; anything else is taken for a local function (which the
+    advice then never sends to a process as it is).
+    """
+    qualname: str | None = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        return qualname
+
+    name = code.co_name
+    candidate = frame.f_globals.get(name)
+    for function in (candidate, getattr(candidate, "__wrapped__", None)):
+        if getattr(function, "__code__", None) is code:
+            return name
+
+    if code.co_argcount and code.co_varnames[0] in ("self", "cls"):
+        owner = frame.f_locals.get(code.co_varnames[0])
+        cls = owner if isinstance(owner, type) else type(owner)
+        return f"{cls.__qualname__}.{name}"
+
+    return f"<locals>.{name}"
+
+
 def _process_text(code: types.CodeType, frame: types.FrameType) -> str:
     """Send a function's work to a process: as it is only if a process can receive it."""
-    qualname = getattr(code, "co_qualname", code.co_name)
+    qualname = _qualname(code, frame)
     if "<locals>" in qualname or code.co_name == "<lambda>":
         return f"move {code.co_name}() to module level and decorate it with @offload.process"
 
