@@ -77,7 +77,7 @@ class Loop:
 class _AsyncioLoop(Loop):
     __slots__ = ("_loop", "_tasks")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, token: object) -> None:
         self.key = loop
         self._loop = loop
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,7 +87,7 @@ class _AsyncioLoop(Loop):
         # per call; the checkpoint only runs when the deadline says the task is cancelled.
         import anyio.lowlevel
 
-        backend = getattr(anyio.lowlevel.current_token(), "backend_class", None)
+        backend = getattr(token, "backend_class", None)
         self.effective_deadline = (
             anyio.current_effective_deadline
             if backend is None
@@ -235,8 +235,8 @@ def current_loop(key: object) -> Loop:
     """
     import anyio.lowlevel
 
-    anyio.lowlevel.current_token()  # imports anyio's backend for this loop, now
+    token = anyio.lowlevel.current_token()  # imports anyio's backend for this loop, now
     if isinstance(key, asyncio.AbstractEventLoop):
-        return _AsyncioLoop(key)
+        return _AsyncioLoop(key, token)
 
     return _TrioLoop(key)  # type: ignore[arg-type]
