@@ -88,8 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(offload.Overloaded)
     async def overloaded(request: Request, exc: offload.Overloaded) -> Response:
-        # Shed load: the call was never queued, so the client may retry elsewhere or later.
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        # Shed load: the call was never queued; the client may retry elsewhere or later.
+        headers = {"Retry-After": "1"}
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
 
     @app.exception_handler(psycopg.errors.QueryCanceled)
     async def query_canceled(request: Request, exc: psycopg.errors.QueryCanceled) -> Response:

@@ -33,25 +33,22 @@ class OffloadCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snapshots = [(pool.name, pool.stats()) for pool in self.pools]
         for field in GAUGES:
-            gauge = GaugeMetricFamily(f"offload_{field}", f"offload pool {field}", labels=["pool"])
+            gauge = GaugeMetricFamily(f"offload_{field}", f"pool {field}", labels=["pool"])
             for name, stats in snapshots:
                 gauge.add_metric([name], getattr(stats, field))
 
             yield gauge
 
         for field in COUNTERS:
-            counter = CounterMetricFamily(
-                f"offload_calls_{field}", f"offload calls {field}", labels=["pool"]
-            )
+            counter = CounterMetricFamily(f"offload_calls_{field}", field, labels=["pool"])
             for name, stats in snapshots:
                 counter.add_metric([name], getattr(stats, field))
 
             yield counter
 
         for field in ("wait_time", "run_time"):
-            gauge = GaugeMetricFamily(
-                f"offload_{field}_seconds", f"offload call {field}", labels=["pool", "quantile"]
-            )
+            metric = f"offload_{field}_seconds"
+            gauge = GaugeMetricFamily(metric, f"call {field}", labels=["pool", "quantile"])
             for name, stats in snapshots:
                 timing = getattr(stats, field)
                 gauge.add_metric([name, "0.5"], timing.p50)
@@ -59,11 +56,13 @@ class OffloadCollector(Collector):
 
             yield gauge
 
-        kinds = Counter(event.kind for event in (self.monitor.events if self.monitor else []))
+        # Counts the events the monitor keeps: its latest 10,000 (a service that stalls more
+        # often than that between restarts knows it already).
+        kinds = Counter(event.kind for event in self.monitor.events) if self.monitor else {}
         events = CounterMetricFamily(
-            "offload_blocking_events", "event-loop stalls seen by the monitor", labels=["kind"]
+            "offload_blocking_events", "event-loop stalls", labels=["kind"]
         )
         for kind in KINDS:
-            events.add_metric([kind], kinds[kind])
+            events.add_metric([kind], kinds.get(kind, 0))
 
         yield events
