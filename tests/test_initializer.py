@@ -11,12 +11,16 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from queue import SimpleQueue
+from time import perf_counter
 
 import anyio
 import pytest
 
 import offload
-from _support import Gate, new_pool, until
+from _support import WAIT, Gate, new_pool, until
+from offload._job import Job
+from offload._threads import ThreadWorkers
 
 _local = threading.local()
 
@@ -230,6 +234,21 @@ class TestInitializerFailure:
 
         assert outcomes == [ConnectionRefusedError, 1, 2]
         assert initializer.runs == 2
+
+
+class TestWorkerLayer:
+    """The worker threads alone, without an event loop: a failed thread leaves cleanly."""
+
+    def test_a_shutdown_right_after_the_failure_joins_the_thread(self) -> None:
+        """Closing the pool as soon as the failed call is delivered still joins its thread."""
+        delivered: SimpleQueue[Job] = SimpleQueue()
+        workers = ThreadWorkers("w", delivered.put, 1, 60.0, initializer=Failing(1))
+        job = Job(thread_name, (), {}, None, None, None, perf_counter())  # type: ignore[arg-type]
+        assert workers.submit(job, None)
+        assert delivered.get(timeout=WAIT) is job
+        assert isinstance(job.error, ConnectionRefusedError)
+        assert workers.shutdown() == []  # nothing busy, and the failed thread was joined
+        assert not [t for t in threading.enumerate() if t.name.startswith("offload-w-")]
 
 
 def _remember_pid(path: str) -> None:

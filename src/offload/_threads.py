@@ -68,7 +68,6 @@ class _Worker(threading.Thread):
         self.workers = workers
         self.runner = runner
         self.initializer = initializer  # to run before the first job; then None
-        self.failed = False  # the initializer raised: the thread exits
         self.job: Job | None = None
         self.woken = False
         self.wakeup = threading.Lock()
@@ -110,7 +109,6 @@ class _Worker(threading.Thread):
             job.started = perf_counter()
             job.error = exc
             job.ended = perf_counter()
-            self.failed = True
             return False
 
         return True
@@ -244,7 +242,7 @@ class ThreadWorkers:
                     me.job = None
                     queue.busy -= 1
 
-                exiting = me.failed or len(self._threads) > queue.capacity
+                exiting = len(self._threads) > queue.capacity
                 if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
@@ -271,9 +269,11 @@ class ThreadWorkers:
                 done = None
 
             if job is not None:
-                if me.initializer is None or me.initialize(job):
-                    run(job)
+                if me.initializer is not None and not me.initialize(job):
+                    self._leave(me, job)
+                    return
 
+                run(job)
                 done = job
                 del job
                 continue
@@ -289,6 +289,25 @@ class ThreadWorkers:
                         return
 
                 me.wakeup.acquire()  # a wake-up raced the timeout: take it
+
+    def _leave(self, me: _Worker, job: Job) -> None:
+        """Hand back the job of a thread whose initializer failed, and leave the pool.
+
+        The thread stays among the pool's threads, idle but not waiting for work, until its
+        job is delivered: a pool that closes meanwhile (its caller may end the loop's run at
+        once) finds it there and joins it, so no thread outlives the run.
+        """
+        with self._lock:
+            me.job = None
+            self.queue.busy -= 1
+
+        self._deliver(job)
+        with self._lock:
+            self._threads.discard(me)
+            new = self._wake_one() if self._jobs and not self._in_transit else None
+
+        if new is not None:
+            new.start()
 
     def reconfigure(self, settings: PoolSettings) -> None:
         """Apply new settings: more threads start on demand; extra ones exit when idle; a
