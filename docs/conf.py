@@ -88,9 +88,20 @@ _SETTINGS_OF = {
     "offload.ProcessPool": "~offload.ProcessSettings",
 }
 
-# The decorator protocols take no constructor arguments: they describe what ``@pool(...)``
-# returns.
-_PROTOCOLS = {"offload.ThreadDecorator", "offload.ProcessDecorator"}
+# Sphinx writes ``Callable[P, R]`` (a ParamSpec's callable) as ``Callable[[P], R]``, which is
+# another type: a function of one argument of type P.
+_PARAMSPEC_CALLABLE = re.compile(r"Callable\[\[(~?(?:[\w.]+\.)?P)\], ")
+
+# Classes shown without a constructor signature: the decorator protocols describe what
+# ``@pool(...)`` returns, and nobody builds settings by hand (``pool.settings()`` returns
+# them; their fields are listed under Attributes, with their defaults in the settings guide).
+_NO_SIGNATURE = {
+    "offload.ThreadDecorator",
+    "offload.ProcessDecorator",
+    "offload.PoolSettings",
+    "offload.ThreadSettings",
+    "offload.ProcessSettings",
+}
 
 
 def _fix_signature(
@@ -102,7 +113,7 @@ def _fix_signature(
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str | None, str | None] | None:
-    if what == "class" and name in _PROTOCOLS:
+    if what == "class" and name in _NO_SIGNATURE:
         return "", None
 
     if signature is None:
@@ -111,6 +122,10 @@ def _fix_signature(
     signature = _PARAMSPEC_ARGS.sub(
         lambda m: f"{m.group(1)}{m.group(2)}: P.{m.group(2)}", signature
     )
+    signature = _PARAMSPEC_CALLABLE.sub(r"Callable[\1, ", signature)
+    if return_annotation is not None:
+        return_annotation = _PARAMSPEC_CALLABLE.sub(r"Callable[\1, ", return_annotation)
+
     if return_annotation is not None and "SettingsT" in return_annotation:
         pool, _, _ = name.rpartition(".")
         return_annotation = _SETTINGS_OF.get(pool, return_annotation)
@@ -133,13 +148,47 @@ def _keep_prose(
             lines[0] = f": {lines[0]}"
 
 
+# napoleon writes an attribute's annotation out in full as its type (``initializer``'s reads
+# ``collections.abc.Callable[[...], object] | None``): shorten it, and write ``...`` as Python
+# does (``Callable[..., object]``, not a list holding an ellipsis).
+_FULL_CALLABLE = re.compile(r"(?<!~)collections\.abc\.Callable\[\[\.\.\.\], ")
+
+
+def _short_types(
+    app: Any, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    lines[:] = [_FULL_CALLABLE.sub("~collections.abc.Callable[..., ", line) for line in lines]
+
+
+# A pool's ``__call__`` has five overloads, for type checkers (staticmethod, classmethod,
+# generator, function, options). Stacked before any prose they hide what a person needs: the
+# api page gives it the one signature Python sees instead. Sphinx shows a method's overloads
+# whatever signature the directive gives, so they are taken out of its (cached) source
+# analysis of the module.
+_ONE_SIGNATURE = ("ThreadPool.__call__", "ProcessPool.__call__")
+
+
+def _drop_overloads(app: Any) -> None:
+    from sphinx.pycode import ModuleAnalyzer
+
+    analyzer = ModuleAnalyzer.for_module("offload._pools")
+    analyzer.analyze()
+    for name in _ONE_SIGNATURE:
+        analyzer.overloads.pop(name, None)
+
+
 def setup(app: Any) -> None:
+    app.connect("builder-inited", _drop_overloads)
     app.connect("autodoc-process-signature", _fix_signature)
     # Before napoleon (priority 500), which turns the docstring into reST.
     app.connect("autodoc-process-docstring", _keep_prose, priority=400)
+    # After napoleon, which writes the types.
+    app.connect("autodoc-process-docstring", _short_types, priority=600)
 
 
 # -- HTML ----------------------------------------------------------------------------------------
 
 html_theme = "furo"
+html_static_path = ["_static"]
+html_css_files = ["offload.css"]
 html_title = f"offload {release}"

@@ -85,7 +85,14 @@ def _thread_defaults() -> dict[str, object]:
 
 
 def _start_threads(pool: str, deliver: Callable[[Job], None], settings: Any) -> Workers:
-    return ThreadWorkers(pool, deliver, settings.max_workers, settings.idle_timeout)
+    return ThreadWorkers(
+        pool,
+        deliver,
+        settings.max_workers,
+        settings.idle_timeout,
+        initializer=settings.initializer,
+        initargs=settings.initargs,
+    )
 
 
 def _process_defaults() -> dict[str, object]:

@@ -136,8 +136,9 @@ class _Pool(Generic[SettingsT]):
             PoolClosed: the pool was closed in this event loop.
 
         **Cancellation**: a pending call never runs; a running one follows the pool's
-        default policy (a thread is abandoned: it runs on, holding its slot, and its result
-        is dropped).
+        default policy. In a thread pool the thread is abandoned: it runs on, holding its
+        slot, and its result is dropped. In a process pool the worker process is killed
+        (SIGTERM, then SIGKILL) and a fresh one replaces it.
         """
         # A plain function returning the coroutine saves a frame per call; the pool starts
         # in the loop that awaits it.
@@ -360,10 +361,10 @@ class ThreadPool(_Pool[ThreadSettings]):
     ) -> Any:
         """Turn a blocking function into an async one that runs in this pool.
 
-        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=...)`` both work. The result
-        keeps ``fn``'s signature, ``__name__``, ``__doc__`` and ``__wrapped__``; a generator
-        function becomes an async generator function whose sync generator lives on one
-        worker thread.
+        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=...)`` (which returns a
+        :class:`ThreadDecorator`) both work. The result keeps ``fn``'s signature,
+        ``__name__``, ``__doc__`` and ``__wrapped__``; a generator function becomes an async
+        generator function whose sync generator lives on one worker thread.
 
         Args:
             fn: the blocking function (or method, staticmethod, classmethod, generator
@@ -478,7 +479,8 @@ class ProcessPool(_Pool[ProcessSettings]):
     ) -> Any:
         """Turn a CPU-bound function into an async one that runs in a worker process.
 
-        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=..., retries=...)`` both work.
+        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=..., retries=...)`` both work
+        (the latter returns a :class:`ProcessDecorator`).
         The function must be defined at module level (a lambda or a local function cannot
         be sent to a process: :exc:`~offload.SerializationError` says so at once).
 

@@ -162,6 +162,11 @@ class PoolSettings:
         idle_timeout: seconds after which an idle worker exits.
         shutdown_timeout: seconds the end of the loop (or ``aclose()``) waits for running
             calls before it warns, naming what still runs.
+        initializer: called as ``initializer(*initargs)`` once in each new worker, thread or
+            process, before its first call: a thread can open a connection that is bound to
+            it. If it raises, the call that started the worker fails with that exception and
+            the worker exits; the next call starts a fresh one.
+        initargs: the arguments of ``initializer``.
     """
 
     max_workers: int = dataclasses.field(metadata=WHOLE_AT_LEAST_1.meta)
@@ -175,6 +180,13 @@ class PoolSettings:
     )
     idle_timeout: float = dataclasses.field(default=10.0, metadata=POSITIVE_SECONDS.meta)
     shutdown_timeout: float = dataclasses.field(default=10.0, metadata=SECONDS.meta)
+    # A function cannot come from an environment variable: these two are explicit only.
+    initializer: Callable[..., object] | None = dataclasses.field(
+        default=None, metadata=Setting(_initializer, "a callable, or None").meta
+    )
+    initargs: tuple[Any, ...] = dataclasses.field(
+        default=(), metadata=Setting(_initargs, "a tuple of arguments").meta
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,8 +214,6 @@ class ProcessSettings(PoolSettings):
             replaces it (``None``, the default: never).
         start_method: how worker processes start: ``forkserver`` (the default where
             available), ``spawn`` or ``fork``.
-        initializer: called once in each worker process as it starts, with ``initargs``.
-        initargs: the arguments of ``initializer``.
     """
 
     max_tasks_per_worker: int | None = dataclasses.field(
@@ -211,13 +221,6 @@ class ProcessSettings(PoolSettings):
     )
     start_method: str = dataclasses.field(
         default_factory=default_start_method, metadata=_START_METHOD.meta
-    )
-    # A function cannot come from an environment variable: these two are explicit only.
-    initializer: Callable[..., object] | None = dataclasses.field(
-        default=None, metadata=Setting(_initializer, "a callable, or None").meta
-    )
-    initargs: tuple[Any, ...] = dataclasses.field(
-        default=(), metadata=Setting(_initargs, "a tuple of arguments").meta
     )
 
 
@@ -228,6 +231,8 @@ class ThreadOptions(TypedDict, total=False):
     max_pending: int | None
     idle_timeout: float
     shutdown_timeout: float
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
 
 
 class ProcessOptions(TypedDict, total=False):

@@ -11,6 +11,10 @@ so the threads that stay busy stay warm and the others reach ``idle_timeout`` an
 A new thread starts asleep on that same lock and is woken by its starter once ``start()``
 has returned there, so that no starter (the loop thread least of all) waits for the GIL
 held by a thread that went straight into a CPU-bound call.
+
+A thread pool's ``initializer`` runs on each new thread before its first job. If it raises,
+that job fails with its exception and the thread exits (a thread half set up is no use to
+the next job); the queue passes to another thread, and the next job starts a fresh one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from time import perf_counter
+from typing import Any, Protocol
 
 from ._job import Job
 from ._queue import JobQueue
@@ -52,11 +57,17 @@ class _InThread:
 _IN_THREAD = _InThread()
 
 
+Initializer = tuple[Callable[..., object], tuple[Any, ...]]
+
+
 class _Worker(threading.Thread):
-    def __init__(self, workers: ThreadWorkers, name: str, runner: Runner) -> None:
+    def __init__(
+        self, workers: ThreadWorkers, name: str, runner: Runner, initializer: Initializer | None
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.workers = workers
         self.runner = runner
+        self.initializer = initializer  # to run before the first job; then None
         self.job: Job | None = None
         self.woken = False
         self.wakeup = threading.Lock()
@@ -81,6 +92,27 @@ class _Worker(threading.Thread):
         finally:
             self.runner.close()
 
+    def initialize(self, job: Job) -> bool:
+        """Run the thread's initializer (once); on failure, fail ``job`` with its exception.
+
+        Returns:
+            Whether the thread is ready for ``job``.
+        """
+        initializer, self.initializer = self.initializer, None
+        if initializer is None:
+            return True
+
+        fn, args = initializer
+        try:
+            fn(*args)
+        except BaseException as exc:
+            job.started = perf_counter()
+            job.error = exc
+            job.ended = perf_counter()
+            return False
+
+        return True
+
 
 class ThreadWorkers:
     """The worker threads of one pool in one event loop, and the calls waiting for them.
@@ -96,8 +128,15 @@ class ThreadWorkers:
         max_workers: int,
         idle_timeout: float,
         new_runner: Callable[[], Runner] | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         self._pool = pool
+        self._initializer: Initializer | None = None
+        if initializer is not None:
+            self._initializer = (initializer, initargs)
+
         self._deliver = deliver
         self._new_runner = new_runner
         self.idle_timeout = idle_timeout
@@ -178,7 +217,8 @@ class ThreadWorkers:
             return None
 
         runner = _IN_THREAD if self._new_runner is None else self._new_runner()
-        worker = _Worker(self, f"offload-{self._pool}-{next(self._numbers)}", runner)
+        name = f"offload-{self._pool}-{next(self._numbers)}"
+        worker = _Worker(self, name, runner, self._initializer)
         worker.woken = True
         self._in_transit += 1
         self._threads.add(worker)
@@ -229,6 +269,10 @@ class ThreadWorkers:
                 done = None
 
             if job is not None:
+                if me.initializer is not None and not me.initialize(job):
+                    self._leave(me, job)
+                    return
+
                 run(job)
                 done = job
                 del job
@@ -246,12 +290,35 @@ class ThreadWorkers:
 
                 me.wakeup.acquire()  # a wake-up raced the timeout: take it
 
+    def _leave(self, me: _Worker, job: Job) -> None:
+        """Hand back the job of a thread whose initializer failed, and leave the pool.
+
+        The thread stays among the pool's threads, idle but not waiting for work, until its
+        job is delivered: a pool that closes meanwhile (its caller may end the loop's run at
+        once) finds it there and joins it, so no thread outlives the run.
+        """
+        with self._lock:
+            me.job = None
+            self.queue.busy -= 1
+
+        self._deliver(job)
+        with self._lock:
+            self._threads.discard(me)
+            new = self._wake_one() if self._jobs and not self._in_transit else None
+
+        if new is not None:
+            new.start()
+
     def reconfigure(self, settings: PoolSettings) -> None:
-        """Apply new settings: more threads start on demand; extra ones exit when idle."""
+        """Apply new settings: more threads start on demand; extra ones exit when idle; a
+        new initializer runs on the threads that start afterwards."""
         max_workers = settings.max_workers
         with self._lock:
             self.queue.capacity = max_workers
             self.idle_timeout = settings.idle_timeout
+            if self._new_runner is None:  # jobs run here (a process runner has its own)
+                init = settings.initializer
+                self._initializer = None if init is None else (init, settings.initargs)
             wake = self._idle[max_workers:] if len(self._threads) > max_workers else []
 
         # Idle threads over the new size wake up, find themselves extra, and exit.
