@@ -19,7 +19,7 @@ from offload._exceptions import WorkerCrashed
 from offload._job import Job
 from offload._options import Options
 from offload._processes import ProcessWorkers
-from offload._settings import default_start_method
+from offload._settings import ThreadSettings, default_start_method
 from offload._threads import ThreadWorkers
 
 
@@ -162,6 +162,40 @@ class TestThreadWorkers:
         next_delivered(delivered)
         busy[0].join(WAIT)
         assert workers.workers == 0
+
+    def test_a_thread_leaving_a_shrunk_pool_is_joined_until_it_has_delivered(self) -> None:
+        """A thread made extra by a smaller max_workers stays among the pool's threads while it
+        hands back its last job, so a shutdown at that moment joins it."""
+        delivering = threading.Event()
+        release = threading.Event()
+        delivered: SimpleQueue[Job] = SimpleQueue()
+
+        def deliver(job: Job) -> None:
+            if job.value == "held":
+                delivering.set()
+                release.wait(WAIT)
+            delivered.put(job)
+
+        workers = ThreadWorkers("w", deliver, 2, 60.0)
+        gates = threading.Event(), threading.Event()
+        held = new_job(lambda: gates[0].wait(WAIT) and "held")
+        other = new_job(gates[1].wait, WAIT)
+        workers.submit(held, None)
+        workers.submit(other, None)
+        spin_until(lambda: workers.gauges()[1] == 2, "both threads to be busy")
+        workers.reconfigure(ThreadSettings(max_workers=1))
+        gates[0].set()  # its thread finds itself extra, and leaves once it has delivered
+        assert delivering.wait(WAIT)
+        assert workers.workers == 2  # both threads are alive, and both are counted
+        gates[1].set()
+        next_delivered(delivered)
+        stopper = threading.Thread(target=workers.shutdown)
+        stopper.start()
+        release.set()
+        stopper.join(WAIT)
+        assert next_delivered(delivered) is held
+        assert workers.workers == 0
+        assert not any(t.name.startswith("offload-w-") for t in threading.enumerate())
 
 
 # -- functions the worker processes run (module level: they import them by name) -------------

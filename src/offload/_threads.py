@@ -147,6 +147,9 @@ class ThreadWorkers:
         self.withdraw_all = queue.withdraw_all
         self._idle: list[_Worker] = []  # sleeping, newest last
         self._in_transit = 0  # woken for a job, not yet back under the lock
+        # Extra threads (the pool shrank) still delivering their last job: they stay among
+        # the threads, so that a shutdown meanwhile joins them, but no longer count.
+        self._leaving = 0
         self._threads: set[_Worker] = set()
         self._closing = False
         self._numbers = itertools.count(1)
@@ -231,6 +234,7 @@ class ThreadWorkers:
         deliver = self._deliver
         run = me.runner.run
         done: Job | None = None
+        leaving = False  # extra (the pool shrank): leaves once ``done`` is delivered
         while True:
             new = None
             with lock:
@@ -242,7 +246,7 @@ class ThreadWorkers:
                     me.job = None
                     queue.busy -= 1
 
-                exiting = len(self._threads) > queue.capacity
+                exiting = len(self._threads) - self._leaving > queue.capacity
                 if jobs and not exiting:
                     job: Job | None = jobs.popleft()
                     me.job = job
@@ -250,11 +254,16 @@ class ThreadWorkers:
                     if jobs and not self._in_transit:
                         new = self._wake_one()  # more are queued: pass the word on
                 elif self._closing or exiting:
-                    self._threads.discard(me)
                     job = None
                     exiting = True
-                    if jobs and not self._in_transit:
-                        new = self._wake_one()  # leaving: someone else takes the queue
+                    if done is None or self._closing:
+                        # (A closing pool's shutdown has its list of threads already.)
+                        self._threads.discard(me)
+                        if jobs and not self._in_transit:
+                            new = self._wake_one()  # leaving: someone else takes the queue
+                    else:
+                        self._leaving += 1
+                        leaving = True
                 else:
                     # Idle *before* the finished job goes back to the loop, so the call that
                     # its completion sets off finds this thread free instead of a new one.
@@ -279,6 +288,15 @@ class ThreadWorkers:
                 continue
 
             if exiting:
+                if leaving:
+                    with lock:
+                        self._leaving -= 1
+                        self._threads.discard(me)
+                        new = self._wake_one() if jobs and not self._in_transit else None
+
+                    if new is not None:
+                        new.start()
+
                 return
 
             if not me.wakeup.acquire(timeout=self.idle_timeout):

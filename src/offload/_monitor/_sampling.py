@@ -68,7 +68,10 @@ class Sample:
     def __init__(self, leaf: types.FrameType | None, prefix: frozenset[types.CodeType]) -> None:
         chain: list[FrameLook] = []
         frame = leaf
-        while frame is not None:
+        # Another thread's frames are read while that thread runs: CPython 3.11 was seen to
+        # hand back a code object as ``f_back`` (once, under heavy load). The chain stops
+        # there rather than kill the watchdog.
+        while isinstance(frame, types.FrameType):
             chain.append(FrameLook(frame, frame.f_lineno, frame.f_lasti))
             frame = frame.f_back
 
@@ -231,10 +234,10 @@ class OtherThread:
         self.looks += 1
         places = get_places()
         frame: types.FrameType | None = leaf
-        while frame is not None and places(frame) != USER:
-            frame = frame.f_back
+        while isinstance(frame, types.FrameType) and places(frame) != USER:
+            frame = frame.f_back  # not a frame on a rare race: see Sample
 
-        if frame is not None:
+        if isinstance(frame, types.FrameType):
             record = FrameLook(frame, frame.f_lineno, frame.f_lasti)
             seen = self.sites.setdefault((frame.f_code, frame.f_lineno), [0, record])
             seen[0] += 1
