@@ -81,6 +81,10 @@ def fail(message: str) -> None:
     raise LookupError(message, 7)
 
 
+def return_lock() -> object:
+    return threading.Lock()
+
+
 def numbers() -> Iterator[int]:
     yield 1
 
@@ -296,6 +300,15 @@ class TestPickling:
         pool = new_pool(executor)
         with pytest.raises(offload.SerializationError, match="argument 0"):
             await pool.call(add, threading.Lock())  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("kind", ["process", "loky", "dask"])
+    async def test_unpicklable_result_is_named(self, executor: Executor) -> None:
+        """A result that cannot be pickled back raises ``SerializationError`` naming it."""
+        pool = new_pool(executor)
+        with pytest.raises(offload.SerializationError, match="result"):
+            await pool.call(return_lock)
+
+        assert await pool.call(add, 1) == 1
 
     async def test_stdlib_thread_pool_pickles_nothing(self) -> None:
         """A stdlib thread pool runs in this process: a lambda and a lock go as they are."""

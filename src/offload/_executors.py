@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import pickle
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -31,8 +32,9 @@ from typing import Any
 
 import anyio
 
-from ._child import FunctionRef
-from ._job import Job, refuse_awaitable
+from ._child import PROTOCOL, FunctionRef, describe
+from ._exceptions import SerializationError
+from ._job import Job, qualname, refuse_awaitable
 from ._processes import _dumps_call, reference  # pyright: ignore[reportPrivateUsage]
 from ._queue import JobQueue
 from ._settings import PoolSettings
@@ -48,16 +50,31 @@ __all__ = (
 logger = logging.getLogger("offload")
 
 
-def run_remote(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run_remote(
+    fn: object, args: tuple[Any, ...], kwargs: dict[str, Any], pickled: bool = False
+) -> Any:
     """Run one call where the executor runs it (a thread, a process, a cluster's worker).
 
     A decorated function arrives by reference and runs as the original function; a function
-    that returns an awaitable is refused, as in every other pool.
+    that returns an awaitable is refused, as in every other pool. Where the result goes back
+    pickled, one that cannot be is replaced by a ``SerializationError`` saying so.
     """
     target: Callable[..., Any] = fn.resolve() if isinstance(fn, FunctionRef) else fn  # type: ignore[assignment]
     value = target(*args, **kwargs)
     if hasattr(value, "__await__"):
         raise refuse_awaitable(target, value)
+
+    if pickled:
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                "result",
+                qualname(target),
+                f"the result ({describe(value)}) cannot be pickled: {type(exc).__name__}: {exc}",
+                "return plain data that pickles (numbers, strings, bytes, lists, dicts, "
+                "dataclasses of those)",
+            ) from None
 
     return value
 
@@ -229,7 +246,9 @@ class ExecutorWorkers:
             if self._pickles:
                 _dumps_call(job)  # SerializationError names what cannot be pickled
 
-            future = self.executor.submit(run_remote, reference(job.fn), job.args, job.kwargs)
+            future = self.executor.submit(
+                run_remote, reference(job.fn), job.args, job.kwargs, self._pickles
+            )
         except BaseException as exc:  # unpicklable, or the executor is shut down or broken
             job.error = exc
             job.ended = perf_counter()
