@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import multiprocessing
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,8 @@ from typing_extensions import ParamSpec
 
 import offload
 from _support import BACKENDS, WAIT, StatsWatch, until
+from offload._executors import ExecutorWorkers
+from offload._job import Job
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -678,3 +681,50 @@ class TestOwnership:
         assert max_workers == 2  # the cluster's threads
         assert clients[0].status == "closed"
         assert multiprocessing.active_children() == []
+
+
+def job_of(fn: Callable[..., Any], *args: Any) -> Job:
+    """A job as the runtime makes it, without a loop (nobody awaits its waiter)."""
+    return Job(fn, args, {}, None, None, None, 0.0)  # type: ignore[arg-type]
+
+
+class TestWorkerLayer:
+    """The executor's workers, without an event loop: a queue is the delivery callback."""
+
+    def test_jobs_past_capacity_wait_on_this_side(self) -> None:
+        """With room for one, a second job waits here until the first is delivered."""
+        done: queue.Queue[Job] = queue.Queue()
+        with ThreadPoolExecutor(2) as threads:
+            workers = ExecutorWorkers("layer", done.put, threads, 1, owned=False)
+            first, second = key(), key()
+            assert workers.submit(job_of(gated, first), None)
+            assert workers.submit(job_of(gated, second), None)
+            assert event(f"{first}.started").wait(WAIT)
+            assert workers.gauges() == (1, 1, 1, 0)
+            assert not started(second)()
+            event(first).set()
+            event(second).set()
+            delivered = [done.get(timeout=WAIT), done.get(timeout=WAIT)]
+            assert [job.value for job in delivered] == [first, second]
+            assert workers.gauges() == (0, 0, 0, 0)
+
+    def test_terminate_cancels_a_future_not_started(self) -> None:
+        """Terminating a job the executor holds but has not started cancels it: it never
+        runs, and its slot is free."""
+        done: queue.Queue[Job] = queue.Queue()
+        with ThreadPoolExecutor(1) as threads:
+            workers = ExecutorWorkers("layer", done.put, threads, 2, owned=False)
+            running, held = key(), key()
+            workers.submit(job_of(gated, running), None)
+            assert event(f"{running}.started").wait(WAIT)
+            job = job_of(gated, held)
+            workers.submit(job, None)
+            job.caller_gone = True
+            workers.terminate(job)
+            assert done.get(timeout=WAIT) is job
+            assert (job.ok, job.error) == (False, None)
+            assert workers.gauges()[1] == 1
+            event(running).set()
+            assert done.get(timeout=WAIT).value == running
+
+        assert held not in _ran
