@@ -603,6 +603,27 @@ class TestOwnership:
             with pytest.raises(offload.PoolClosed):
                 await pool.call(add, 1)
 
+    async def test_close_warns_about_calls_still_running(
+        self, gated_executor: Executor, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Past ``shutdown_timeout``, closing names the calls still running and cancels
+        their futures."""
+        pool = new_pool(gated_executor, shutdown_timeout=0.05)
+        k = key()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call_gated, pool, k)
+                await until(started(k))
+                await pool.aclose()
+                scope.cancel()
+
+        assert "still running" in caplog.text
+        assert "gated" in caplog.text
+        assert "futures are cancelled" in caplog.text
+        event(k).set()
+        if is_dask(gated_executor):
+            await until(lambda: cluster_active(gated_executor) == 0, "the task is cancelled")
+
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_factory_runs_per_loop_and_is_shut_down(
         self, backend: tuple[str, dict[str, Any]]

@@ -450,6 +450,16 @@ class Runtime(Generic[SettingsT]):
                     self.settings.shutdown_timeout,
                     when,
                 )
+            elif self.stopper is not None:  # an executor's: shutdown() cancels the futures
+                logger.warning(
+                    "pool %r: %d call(s) still running %.3g s after %s: %s. Their futures are "
+                    "cancelled; a call the executor has started may run on there",
+                    self.name,
+                    len(self.running),
+                    self.settings.shutdown_timeout,
+                    when,
+                    ", ".join(names),
+                )
             else:
                 logger.warning(
                     "pool %r: %d call(s) still running %.3g s after %s: %s. A thread cannot "
