@@ -9,6 +9,7 @@ factory starts a cluster of its own, with worker processes, and proves it leaves
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import multiprocessing
@@ -153,6 +154,10 @@ def cluster() -> Iterator[Any]:
         assert client.gather(futures) == list(range(8))
         del futures
         yield client
+
+    # Collect the clusters and clients of this module now, not in a later test's loop (a
+    # monitor test would see the collector's pause as a stall).
+    gc.collect()
 
 
 def make_executor(kind: str, cluster: Any) -> Executor:
