@@ -50,6 +50,7 @@ napoleon_use_rtype = False
 autodoc_type_aliases = {
     "CancelPolicy": "offload.CancelPolicy",
     "ProcessCancelPolicy": "offload.ProcessCancelPolicy",
+    "ExecutorCancelPolicy": "offload.ExecutorCancelPolicy",
 }
 
 # -- nitpicky: what cannot be linked without intersphinx ----------------------------------------
@@ -64,10 +65,14 @@ nitpick_ignore = [
     ("py:class", "traceback.FrameSummary"),
     ("py:class", "traceback.StackSummary"),
     ("py:class", "typing_extensions.Unpack"),
+    ("py:class", "concurrent.futures.Executor"),
+    ("py:class", "concurrent.futures._base.Executor"),
+    ("py:class", "concurrent.futures.ThreadPoolExecutor"),
     # The keyword arguments of ThreadPool(...) / ProcessPool(...) and configure(...): private
     # TypedDicts with the fields of ThreadSettings / ProcessSettings, which are documented.
     ("py:class", "offload._settings.ThreadOptions"),
     ("py:class", "offload._settings.ProcessOptions"),
+    ("py:class", "offload._settings.ExecutorOptions"),
 ]
 nitpick_ignore_regex = [
     # offload's type variables and ParamSpec (P, P.args, P.kwargs), in signatures: bare in
@@ -86,6 +91,7 @@ _PARAMSPEC_ARGS = re.compile(r"(\*{1,2})(args|kwargs): ~typing\.~P\b")
 _SETTINGS_OF = {
     "offload.ThreadPool": "~offload.ThreadSettings",
     "offload.ProcessPool": "~offload.ProcessSettings",
+    "offload.ExecutorPool": "~offload.ExecutorSettings",
 }
 
 # Sphinx writes ``Callable[P, R]`` (a ParamSpec's callable) as ``Callable[[P], R]``, which is
@@ -98,9 +104,11 @@ _PARAMSPEC_CALLABLE = re.compile(r"Callable\[\[(~?(?:[\w.]+\.)?P)\], ")
 _NO_SIGNATURE = {
     "offload.ThreadDecorator",
     "offload.ProcessDecorator",
+    "offload.ExecutorDecorator",
     "offload.PoolSettings",
     "offload.ThreadSettings",
     "offload.ProcessSettings",
+    "offload.ExecutorSettings",
 }
 
 

@@ -177,7 +177,9 @@ class StatsWatch:
     still in flight, and ``submitted + rejected`` never counts a call the test did not make.
     """
 
-    def __init__(self, pool: offload.ThreadPool | offload.ProcessPool) -> None:
+    def __init__(
+        self, pool: offload.ThreadPool | offload.ProcessPool | offload.ExecutorPool
+    ) -> None:
         self.pool = pool
         self.begun = 0
         self.ended = 0

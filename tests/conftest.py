@@ -17,8 +17,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
 
 
 def _foreign(thread: threading.Thread) -> bool:
-    # Threads that belong to other libraries' own caches, not to offload or the test.
-    return thread.name.startswith("Trio thread")
+    # Threads that belong to other libraries' own caches, not to offload or the test: trio's
+    # thread cache, and dask.distributed's one process-wide helper thread.
+    return thread.name.startswith(("Trio thread", "Dask-Offload"))
 
 
 @pytest.fixture(autouse=True)

@@ -23,12 +23,16 @@ from ._monitor import ThreadShare as ThreadShare
 from ._monitor import monitor as monitor
 from ._pools import CallFunction as _CallFunction
 from ._pools import CancelPolicy as CancelPolicy
+from ._pools import ExecutorCancelPolicy as ExecutorCancelPolicy
+from ._pools import ExecutorDecorator as ExecutorDecorator
+from ._pools import ExecutorPool as ExecutorPool
 from ._pools import ProcessCancelPolicy as ProcessCancelPolicy
 from ._pools import ProcessDecorator as ProcessDecorator
 from ._pools import ProcessPool as ProcessPool
 from ._pools import ThreadDecorator as ThreadDecorator
 from ._pools import ThreadPool as ThreadPool
 from ._pools import configure as configure
+from ._settings import ExecutorSettings as ExecutorSettings
 from ._settings import PoolSettings as PoolSettings
 from ._settings import ProcessSettings as ProcessSettings
 from ._settings import ThreadSettings as ThreadSettings
@@ -49,6 +53,10 @@ __all__ = (
     "BlockingEvent",
     "BlockingKind",
     "CancelPolicy",
+    "ExecutorCancelPolicy",
+    "ExecutorDecorator",
+    "ExecutorPool",
+    "ExecutorSettings",
     "Monitor",
     "OffloadError",
     "Overloaded",

@@ -7,14 +7,17 @@ stats) is the same for every kind. A new kind of pool is a new ``PoolKind`` and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from ._executors import ExecutorSource
 from ._job import Job
 from ._processes import FunctionRef, ProcessWorkers, check_picklable_function
 from ._queue import JobQueue
 from ._settings import (
+    ExecutorSettings,
     PoolSettings,
     ProcessSettings,
     ThreadSettings,
@@ -23,7 +26,7 @@ from ._settings import (
 )
 from ._threads import ThreadWorkers
 
-__all__ = ("PROCESSES", "THREADS", "PoolKind", "Stopper", "Workers")
+__all__ = ("EXECUTORS", "PROCESSES", "THREADS", "PoolKind", "Stopper", "Workers", "executors")
 
 
 class Workers(Protocol):
@@ -143,3 +146,32 @@ PROCESSES = PoolKind(
     copies_context=False,
     kills_on_close=True,
 )
+
+
+def _no_executor(pool: str, deliver: Callable[[Job], None], settings: Any) -> Workers:
+    raise AssertionError("an executor pool's kind comes from executors(source)")
+
+
+def _executor_stopper(workers: Workers) -> Stopper | None:
+    return cast("Stopper", workers)  # cancelling a call is cancelling its future
+
+
+EXECUTORS = PoolKind(
+    settings=ExecutorSettings,
+    defaults=dict,  # the executor's size: see executors()
+    start_workers=_no_executor,
+    stopper=_executor_stopper,
+    policies=("cancel", "wait"),
+    prepare=_by_reference,
+    generators=False,
+    copies_context=False,
+    kills_on_close=False,
+)
+
+
+def executors(source: ExecutorSource) -> PoolKind:
+    """Return the kind of one executor pool: :data:`EXECUTORS`, with its executor's size as
+    the default ``max_workers`` and its executor behind the workers."""
+    return dataclasses.replace(
+        EXECUTORS, defaults=source.defaults, start_workers=source.start_workers
+    )

@@ -14,6 +14,7 @@ import functools
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from concurrent.futures import Executor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
@@ -23,10 +24,13 @@ from ._backends import current_key, current_loop
 from ._calls import run
 from ._decorate import decorate
 from ._exceptions import PoolClosed
-from ._kinds import PROCESSES, THREADS, PoolKind
+from ._executors import ExecutorSource
+from ._kinds import PROCESSES, THREADS, PoolKind, executors
 from ._options import KILL_GRACE, Options, check_options
 from ._runtime import Runtime
 from ._settings import (
+    ExecutorOptions,
+    ExecutorSettings,
     PoolSettings,
     ProcessOptions,
     ProcessSettings,
@@ -40,7 +44,15 @@ from ._stats import Counters, PoolStats
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-__all__ = ("CancelPolicy", "ProcessCancelPolicy", "ProcessPool", "ThreadPool", "configure")
+__all__ = (
+    "CancelPolicy",
+    "ExecutorCancelPolicy",
+    "ExecutorPool",
+    "ProcessCancelPolicy",
+    "ProcessPool",
+    "ThreadPool",
+    "configure",
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +62,7 @@ SettingsT = TypeVar("SettingsT", bound=PoolSettings)
 
 CancelPolicy: TypeAlias = Literal["abandon", "wait"]
 ProcessCancelPolicy: TypeAlias = Literal["kill", "wait"]
+ExecutorCancelPolicy: TypeAlias = Literal["cancel", "wait"]
 
 _registry: weakref.WeakValueDictionary[str, _Pool[Any]] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
@@ -503,6 +516,175 @@ class ProcessPool(_Pool[ProcessSettings]):
         options = check_options(
             self._name, limit, timeout, cancel, self._kind.policies, retries, grace
         )
+        if fn is None:
+            return functools.partial(decorate, self, options)
+
+        return decorate(self, options, fn)
+
+
+class ExecutorDecorator(Protocol):
+    """What ``@pool(limit=..., timeout=..., cancel=...)`` returns for an executor pool: a
+    decorator."""
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+class ExecutorPool(_Pool[ExecutorSettings]):
+    """Any :class:`concurrent.futures.Executor` behind offload's decorator and ``call``, with
+    ``limit``, ``timeout``, ``max_pending``, cancellation, ``stats()`` and the lifecycle.
+
+    A dask.distributed cluster, loky's reusable executor, Ray's executor or a stdlib pool::
+
+        from distributed import Client
+
+        cluster = offload.ExecutorPool(
+            "cluster", lambda: Client("tcp://scheduler:8786").get_executor(pure=False)
+        )
+
+        @cluster
+        def render(page: int) -> bytes: ...
+
+        png = await render(3)  # runs on a dask worker
+
+    **Ownership**: an executor object stays yours (offload never shuts it down; every
+    event loop uses it). A zero-argument factory is offload's: it is called when the pool
+    first starts in an event loop, and its executor is shut down when that loop's run ends
+    or on :meth:`aclose` (for dask, its client and the cluster that client started, such
+    as a ``LocalCluster``, are closed too).
+
+    **Capacity**: at most ``max_workers`` calls are in the executor at once; the others wait
+    on this side, so a pending call never reaches the executor. ``max_workers`` defaults to
+    the executor's size where it tells it (``_max_workers`` of the stdlib's and loky's
+    pools; a dask cluster's total threads when the pool starts in a loop); elsewhere it must
+    be given.
+
+    Functions go by reference, as to a process pool: a module-level decorated function runs
+    as the original on the remote worker; a lambda or a local function is refused with
+    :exc:`~offload.SerializationError`, and so is an argument that cannot be pickled (except
+    for a stdlib :class:`~concurrent.futures.ThreadPoolExecutor`, which pickles nothing).
+    Generator functions are refused, and the workers do not see the caller's
+    ``contextvars``.
+
+    Args:
+        name: the pool's name: unique, and the ``<POOL>`` of ``OFFLOAD_<POOL>_<SETTING>``
+            environment variables.
+        executor: an executor (yours), or a function without arguments that makes one
+            (offload's).
+        **settings: explicit settings (:class:`ExecutorSettings`): ``max_workers``,
+            ``max_pending``, ``shutdown_timeout``.
+
+    Raises:
+        ValueError: the name is taken, a setting is not valid, or ``max_workers`` is left
+            out for an executor that does not tell its size.
+        TypeError: ``executor`` is neither an executor nor callable.
+
+    **Cancellation**: a pending call never runs. Cancelling a call that the executor holds
+    cancels its future (``cancel="cancel"``, the default): the executor never starts it if
+    it has not yet, and a dask task is cancelled on the cluster; a call already running in
+    a stdlib or loky pool runs to its end, holding its slot. :func:`offload.cancelled` is
+    always False in an executor's workers, since offload does not control them.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        name: str,
+        executor: Executor | Callable[[], Executor],
+        /,
+        **settings: Unpack[ExecutorOptions],
+    ) -> None:
+        if "idle_timeout" in settings:
+            raise ValueError(
+                f"idle_timeout is not a setting of executor pool {name!r}: its executor starts "
+                f"and stops its workers itself"
+            )
+
+        if not (isinstance(executor, Executor) or callable(executor)):
+            raise TypeError(
+                f"ExecutorPool({name!r}, ...) takes a concurrent.futures.Executor or a "
+                f"function without arguments that makes one, not {executor!r}"
+            )
+
+        source = ExecutorSource(name, executor)
+        source.check_size(settings.get("max_workers"))
+        self._source = source
+        self._kind = executors(source)
+        super().__init__(name, settings)
+        self._fields = tuple(f for f in self._fields if f != "idle_timeout")
+
+    def _runtime(self) -> Runtime[ExecutorSettings]:
+        runtime = self._last
+        if runtime is not None and runtime.key is current_key():
+            return runtime
+
+        with self._lock:  # the start (if it is one) makes this loop's executor
+            self._source.begin()
+            try:
+                return super()._runtime()
+            finally:
+                self._source.end()
+
+    def configure(self, **settings: Unpack[ExecutorOptions]) -> None:  # type: ignore[override]
+        """Set some of this pool's settings; a running pool applies them to the next calls.
+
+        Raises:
+            ValueError: a setting is unknown or its value is not valid.
+        """
+        super().configure(**settings)
+
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: ExecutorCancelPolicy = "cancel",
+    ) -> ExecutorDecorator: ...
+    def __call__(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cancel: ExecutorCancelPolicy = "cancel",
+    ) -> Any:
+        """Turn a blocking function into an async one that runs in this pool's executor.
+
+        ``@pool`` and ``@pool(limit=..., timeout=..., cancel=...)`` both work. The function
+        must be defined at module level (a lambda or a local function cannot be sent by
+        reference: :exc:`~offload.SerializationError` says so at once).
+
+        Args:
+            fn: the function (or method, staticmethod, classmethod).
+            limit: at most this many calls of this function run at once (per event loop).
+            timeout: seconds for waiting and running together; past them the call raises
+                the built-in ``TimeoutError`` and its future is cancelled.
+            cancel: ``"cancel"`` (default) gives control back at once when the awaiter is
+                cancelled and cancels the call's future; ``"wait"`` leaves the future alone
+                and delivers the cancellation when it is done.
+
+        **Cancellation**: a call still pending when its awaiter is cancelled never reaches
+        the executor.
+        """
+        options = check_options(self._name, limit, timeout, cancel, self._kind.policies)
         if fn is None:
             return functools.partial(decorate, self, options)
 

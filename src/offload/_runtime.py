@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
 import logging
 import sys
 import weakref
@@ -361,7 +362,7 @@ class Runtime(Generic[SettingsT]):
             await self.wait_for_worker(job)
         else:
             job.abandoned = True
-            if options.cancel == "kill":
+            if options.cancel in ("kill", "cancel"):
                 self._kill(job, options.grace)
 
     def _kill(self, job: Job, grace: float) -> None:
@@ -449,6 +450,16 @@ class Runtime(Generic[SettingsT]):
                     self.settings.shutdown_timeout,
                     when,
                 )
+            elif self.stopper is not None:  # an executor's: shutdown() cancels the futures
+                logger.warning(
+                    "pool %r: %d call(s) still running %.3g s after %s: %s. Their futures are "
+                    "cancelled; a call the executor has started may run on there",
+                    self.name,
+                    len(self.running),
+                    self.settings.shutdown_timeout,
+                    when,
+                    ", ".join(names),
+                )
             else:
                 logger.warning(
                     "pool %r: %d call(s) still running %.3g s after %s: %s. A thread cannot "
@@ -461,7 +472,11 @@ class Runtime(Generic[SettingsT]):
                     ", ".join(names),
                 )
 
-        self.workers.shutdown()
+        closing = self.workers.shutdown()
+        if inspect.isawaitable(closing):  # an executor offload made shuts down in a thread
+            with anyio.CancelScope(shield=True):
+                await closing
+
         self.state = _State.CLOSED
         for waiter in self._closed:
             if not waiter.done():

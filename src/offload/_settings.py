@@ -23,6 +23,8 @@ __all__ = (
     "ThreadOptions",
     "Setting",
     "ThreadSettings",
+    "ExecutorOptions",
+    "ExecutorSettings",
     "default_start_method",
     "env_name",
     "resolve",
@@ -224,6 +226,15 @@ class ProcessSettings(PoolSettings):
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutorSettings(PoolSettings):
+    """The settings of an :class:`~offload.ExecutorPool`.
+
+    ``max_workers`` defaults to the executor's own size where it tells it. ``idle_timeout``
+    does not apply: the executor starts and stops its workers itself.
+    """
+
+
 class ThreadOptions(TypedDict, total=False):
     """Keyword arguments that set a thread pool's settings (see :class:`PoolSettings`)."""
 
@@ -246,6 +257,14 @@ class ProcessOptions(TypedDict, total=False):
     start_method: str
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
+
+
+class ExecutorOptions(TypedDict, total=False):
+    """Keyword arguments that set an executor pool's settings (see :class:`ExecutorSettings`)."""
+
+    max_workers: int
+    max_pending: int | None
+    shutdown_timeout: float
 
 
 def setting_of(field: dataclasses.Field[Any]) -> Setting:

@@ -1,0 +1,454 @@
+"""Mechanism: calls handed to a ``concurrent.futures.Executor`` that offload does not run.
+
+An executor pool keeps its waiting calls in a :class:`~offload._queue.JobQueue` on this side
+and hands the executor at most ``max_workers`` of them at a time, so a pending call never
+reaches the executor (where it could no longer be taken back) and the pool's capacity is
+what the executor can really run. Each call goes out through ``executor.submit`` and comes
+back through its future's done-callback, which runs in a thread of the executor (a worker
+thread, a manager thread, dask's event loop thread): from there the job is handed to the
+loop like a thread worker hands it, and the freed slot takes the next queued call at once.
+
+Stopping a call is cancelling its future (:meth:`ExecutorWorkers.terminate`): a future the
+executor has not started never runs; dask.distributed's futures cancel their task on the
+cluster (its ``ClientExecutor`` turns ``future.cancel()`` into ``client.cancel``). A call
+that already runs in a stdlib or loky pool runs to its end, holding its slot.
+
+Where the executor comes from (the user's, or made by a factory and closed here) is
+:class:`ExecutorSource`'s business.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import pickle
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, Future
+from time import perf_counter
+from typing import Any
+
+import anyio
+
+from ._child import PROTOCOL, FunctionRef, describe
+from ._exceptions import SerializationError
+from ._job import Job, qualname, refuse_awaitable
+from ._processes import _dumps_call, reference  # pyright: ignore[reportPrivateUsage]
+from ._queue import JobQueue
+from ._settings import PoolSettings
+
+__all__ = (
+    "ExecutorSource",
+    "ExecutorWorkers",
+    "close_executor",
+    "executor_size",
+    "run_remote",
+)
+
+logger = logging.getLogger("offload")
+
+
+def run_remote(
+    fn: object, args: tuple[Any, ...], kwargs: dict[str, Any], pickled: bool = False
+) -> Any:
+    """Run one call where the executor runs it (a thread, a process, a cluster's worker).
+
+    A decorated function arrives by reference and runs as the original function; a function
+    that returns an awaitable is refused, as in every other pool. Where the result goes back
+    pickled, one that cannot be is replaced by a ``SerializationError`` saying so.
+    """
+    target: Callable[..., Any] = fn.resolve() if isinstance(fn, FunctionRef) else fn  # type: ignore[assignment]
+    value = target(*args, **kwargs)
+    if hasattr(value, "__await__"):
+        raise refuse_awaitable(target, value)
+
+    if pickled:
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                "result",
+                qualname(target),
+                f"the result ({describe(value)}) cannot be pickled: {type(exc).__name__}: {exc}",
+                "return plain data that pickles (numbers, strings, bytes, lists, dicts, "
+                "dataclasses of those)",
+            ) from None
+
+    return value
+
+
+def _dask_client(executor: object) -> Any:
+    """Return the dask.distributed ``Client`` behind ``executor``, if it is dask's."""
+    if type(executor).__module__.startswith("distributed."):
+        return getattr(executor, "_client", None)
+
+    return None
+
+
+def executor_size(executor: object) -> int | None:
+    """Return how many calls ``executor`` runs at once, where it tells it.
+
+    ``_max_workers`` for the stdlib's pools and loky's; a dask.distributed cluster's total
+    threads (asking its scheduler). None where the executor does not say.
+    """
+    client = _dask_client(executor)
+    if client is not None:
+        threads = sum(client.nthreads().values())
+        return threads if threads >= 1 else None
+
+    size = getattr(executor, "_max_workers", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+        return size
+
+    return None
+
+
+def close_executor(executor: Executor) -> None:
+    """Shut down an executor that offload made (from the user's factory), and what it holds.
+
+    A dask executor's client is closed too, and the cluster that client reaches (a
+    ``LocalCluster`` the factory started); a stdlib pool cancels what has not started.
+    """
+    client = _dask_client(executor)
+    if client is not None:
+        cluster = getattr(client, "cluster", None)
+        executor.shutdown(wait=False)  # its tasks are cancelled on the cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+        return
+
+    stdlib = (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor)
+    if isinstance(executor, stdlib):
+        executor.shutdown(wait=True, cancel_futures=True)
+    else:
+        executor.shutdown(wait=True)
+
+
+def _crosses_processes(executor: object) -> bool:
+    """Whether calls sent to ``executor`` are pickled (all but the stdlib's thread pool)."""
+    return not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+
+
+class _Cancel:
+    """Cancel a future from the loop's thread (a :class:`~offload._runtime.Delivery`).
+
+    dask's future cancels its task with a blocking call to the scheduler, which must not be
+    made from dask's own event loop thread, where done-callbacks run.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Future[Any]) -> None:
+        self.future = future
+
+    def deliver(self) -> None:
+        self.future.cancel()
+
+
+class _Closed:
+    """Tell the loop that an owned executor is shut down (a Delivery)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: anyio.Event) -> None:
+        self.event = event
+
+    def deliver(self) -> None:
+        self.event.set()
+
+
+class ExecutorWorkers:
+    """An executor behind one pool in one event loop, and the calls waiting for it.
+
+    ``submit`` queues a job; while fewer than ``max_workers`` calls are in the executor, the
+    oldest queued job goes to ``executor.submit``, and its future's done-callback hands it to
+    ``deliver``.
+    """
+
+    def __init__(
+        self,
+        pool: str,
+        deliver: Callable[[Any], None],
+        executor: Executor,
+        max_workers: int,
+        owned: bool,
+    ) -> None:
+        self._pool = pool
+        self._deliver = deliver
+        self.executor = executor
+        self.owned = owned
+        self._pickles = _crosses_processes(executor)
+        self.queue = queue = JobQueue(max_workers)
+        self._lock = queue.lock
+        self._jobs = queue.jobs
+        self.withdraw = queue.withdraw
+        self.withdraw_all = queue.withdraw_all
+        # The calls handed to the executor, and their futures (None while being handed).
+        self._futures: dict[Job, Future[Any] | None] = {}
+        self._to_cancel: set[Job] = set()  # stopped while being handed
+        self._closing = False
+
+    def gauges(self) -> tuple[int, int, int, int]:
+        """Return, read together: calls in the executor (its workers as offload sees them),
+        the same count as busy, calls waiting (as :attr:`JobQueue.pending`), and calls in
+        the executor whose caller is gone."""
+        with self._lock:
+            busy = self.queue.busy
+            abandoned = sum(1 for job in self._futures if job.abandoned)
+            return busy, busy, self.queue.pending, abandoned
+
+    def submit(self, job: Job, max_pending: int | None, elsewhere: int = 0) -> bool:
+        """Queue ``job``, and hand the executor what it has room for.
+
+        Returns:
+            False if the pending bound refuses it (see :meth:`JobQueue.refuses`).
+        """
+        with self._lock:
+            if max_pending is not None and self.queue.refuses(max_pending, elsewhere, True):
+                return False
+
+            self._jobs.append(job)
+            ready = self._take()
+
+        if ready:
+            self._start(ready)
+
+        return True
+
+    def _take(self) -> deque[Job]:
+        """Take the queued jobs the executor has room for (under the lock)."""
+        ready: deque[Job] = deque()
+        queue = self.queue
+        jobs = self._jobs
+        while jobs and queue.busy < queue.capacity and not self._closing:
+            job = jobs.popleft()
+            queue.busy += 1
+            self._futures[job] = None
+            ready.append(job)
+
+        return ready
+
+    def _start(self, ready: deque[Job]) -> None:
+        while ready:
+            ready.extend(self._hand(ready.popleft()))
+
+    def _hand(self, job: Job) -> deque[Job]:
+        """Submit ``job`` to the executor; return the jobs its slot frees if it ended here."""
+        if job.caller_gone:  # stopped as it was taken: it never reaches the executor
+            return self._release(job)
+
+        job.started = perf_counter()
+        try:
+            if self._pickles:
+                _dumps_call(job)  # SerializationError names what cannot be pickled
+
+            future = self.executor.submit(
+                run_remote, reference(job.fn), job.args, job.kwargs, self._pickles
+            )
+        except BaseException as exc:  # unpicklable, or the executor is shut down or broken
+            job.error = exc
+            job.ended = perf_counter()
+            return self._release(job)
+
+        with self._lock:
+            self._futures[job] = future
+            cancel = job in self._to_cancel
+
+        if cancel:  # stopped while being handed: cancel on the loop's thread
+            self._deliver(_Cancel(future))
+
+        future.add_done_callback(functools.partial(self._finished, job))
+        return deque()
+
+    def _finished(self, job: Job, future: Future[Any]) -> None:
+        """The future's done-callback, in a thread of the executor."""
+        job.ended = perf_counter()
+        if future.cancelled():
+            if not job.caller_gone:
+                job.error = concurrent.futures.CancelledError(
+                    f"{job.name}() was cancelled by its executor, not by its caller (in pool "
+                    f"{self._pool!r}); was the executor shut down?"
+                )
+        else:
+            error = future.exception()
+            if error is None:
+                job.value = future.result()
+                job.ok = True
+            else:
+                job.error = error
+
+        ready = self._release(job)
+        if ready:
+            self._start(ready)
+
+    def _release(self, job: Job) -> deque[Job]:
+        """Free ``job``'s slot, hand it to the loop, and take what the slot can run next."""
+        with self._lock:
+            self._futures.pop(job, None)
+            self._to_cancel.discard(job)
+            self.queue.busy -= 1
+            ready = self._take()
+
+        self._deliver(job)
+        return ready
+
+    # -- Stopper: what stopping a running call means here -----------------------------------
+
+    def notify(self, job: Job) -> None:
+        """Nothing: ``offload.cancelled()`` stays False in an executor's workers."""
+
+    def terminate(self, job: Job) -> None:
+        """Cancel the call's future (on dask, its task is cancelled on the cluster)."""
+        with self._lock:
+            if job not in self._futures:
+                return  # done already
+
+            future = self._futures[job]
+            if future is None:
+                self._to_cancel.add(job)  # being handed: cancelled once it is
+                return
+
+        future.cancel()
+
+    def kill(self, job: Job) -> None:
+        """Nothing more than :meth:`terminate`: an executor's worker cannot be killed here."""
+
+    # -- settings and lifecycle ---------------------------------------------------------------
+
+    def reconfigure(self, settings: PoolSettings) -> None:
+        """Apply new settings: a larger ``max_workers`` hands queued calls on at once."""
+        with self._lock:
+            self.queue.capacity = settings.max_workers
+            ready = self._take()
+
+        if ready:
+            self._start(ready)
+
+    def shutdown(self) -> Coroutine[Any, Any, None] | None:
+        """Cancel what is still in the executor; shut down an executor offload made.
+
+        Returns:
+            For an owned executor, a coroutine that shuts it down in a thread of its own
+            (a dask cluster takes a while to close) and returns once it is done.
+        """
+        with self._lock:
+            self._closing = True
+            futures = [future for future in self._futures.values() if future is not None]
+            self._to_cancel.update(job for job, future in self._futures.items() if future is None)
+
+        for future in futures:
+            future.cancel()
+
+        if not self.owned:
+            return None
+
+        return self._close_owned()
+
+    async def _close_owned(self) -> None:
+        closed = anyio.Event()
+        thread = threading.Thread(
+            target=self._close_then_tell,
+            args=(closed,),
+            name=f"offload-{self._pool}-close",
+            daemon=True,
+        )
+        thread.start()
+        with anyio.CancelScope(shield=True):
+            await closed.wait()
+
+        thread.join()
+
+    def _close_then_tell(self, closed: anyio.Event) -> None:
+        try:
+            close_executor(self.executor)
+        except Exception:
+            logger.exception("pool %r: shutting down its executor failed", self._pool)
+        finally:
+            self._deliver(_Closed(closed))
+
+
+class ExecutorSource:
+    """Where an executor pool's executor comes from, and how big it is.
+
+    An :class:`~concurrent.futures.Executor` object is the user's: every event loop uses it
+    and offload never shuts it down. A zero-argument factory is offload's: it is called as
+    the pool starts in a loop, and the executor it made is shut down when that loop's run
+    ends (or on ``aclose()``).
+    """
+
+    def __init__(self, pool: str, executor: Executor | Callable[[], Executor]) -> None:
+        self.pool = pool
+        self.owned = not isinstance(executor, Executor)
+        self._given = executor
+        self._size: int | None = None if self.owned else executor_size(executor)
+        self._starting: int | None = None  # the thread starting the pool in a loop
+        self._made: Executor | None = None  # made by the factory for the loop starting now
+
+    def check_size(self, explicit: int | None) -> None:
+        """Refuse an executor whose size is unknown when ``max_workers`` is not given."""
+        if explicit is None and not self.owned and self._size is None:
+            raise ValueError(self._unknown_size(self._given))
+
+    def _unknown_size(self, executor: object) -> str:
+        return (
+            f"pool {self.pool!r} cannot tell how many calls {type(executor).__name__} runs at "
+            f"once; pass max_workers= (for a dask cluster, its total threads: "
+            f"sum(client.nthreads().values()))"
+        )
+
+    def begin(self) -> None:
+        """The pool starts in a loop on this thread: make the loop's executor next."""
+        self._starting = threading.get_ident()
+
+    def end(self) -> None:
+        """The start is over: an executor made but not taken (the start failed) is closed."""
+        self._starting = None
+        made, self._made = self._made, None
+        if made is not None:
+            close_executor(made)
+
+    def defaults(self) -> dict[str, object]:
+        """Return the defaults of the pool's settings: ``max_workers`` is the executor's size.
+
+        Outside a start, a factory's pool reports the size of the last executor it made (0
+        before the first), since asking would make an executor.
+        """
+        if self._starting == threading.get_ident():
+            if self.owned and self._made is None:
+                self._made = self._make()
+
+            size = executor_size(self._made if self.owned else self._given)
+            self._size = size if size is not None else self._size
+
+        return {"max_workers": self._size if self._size is not None else 0}
+
+    def _make(self) -> Executor:
+        factory: Callable[[], Executor] = self._given  # type: ignore[assignment]
+        executor = factory()
+        if not isinstance(executor, Executor):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"the factory of pool {self.pool!r} returned {executor!r}, not a "
+                f"concurrent.futures.Executor; pass an executor, or a function that makes one"
+            )
+
+        return executor
+
+    def start_workers(
+        self, pool: str, deliver: Callable[[Any], None], settings: PoolSettings
+    ) -> ExecutorWorkers:
+        """Return the workers of the pool in the loop starting now."""
+        made, self._made = self._made, None
+        executor = made if made is not None else self._given
+        assert isinstance(executor, Executor), "defaults() makes the executor as the pool starts"
+
+        if settings.max_workers < 1:  # no size from the executor, none given
+            if self.owned:
+                close_executor(executor)
+
+            raise ValueError(self._unknown_size(executor))
+
+        return ExecutorWorkers(pool, deliver, executor, settings.max_workers, self.owned)
