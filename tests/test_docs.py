@@ -11,6 +11,10 @@ run it after pasting it:
   ``__main__``, so that ``@offload.process`` functions pickle by reference as they would for
   the reader, and warnings are errors.
 
+A block whose first line names a file (``# work.py: ...``) is that file: it runs under its
+name, and the later blocks of its page find it beside them, so that ``from work import crunch``
+works as it would for the reader who saved it (the latest block of that name wins).
+
 A block that is deliberately not runnable (a fragment, or another part's API) is marked on
 the line just before its fence with ``<!-- not-run: reason -->``; the reason is required, and
 a marked block must still be valid Python. Every unmarked block that fails fails its test.
@@ -40,6 +44,7 @@ WAIT = 60.0
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>.*?)\s*$")
 _NOT_RUN = re.compile(r"^<!--\s*not-run:(?P<reason>.*?)-->$")
 _PYTHON = {"python", "py", "pycon", "python3"}
+_FILE_NAME = re.compile(r"^# (?P<name>[A-Za-z_]\w*\.py)\b")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +55,12 @@ class Block:
     line: int
     code: str
     not_run: str | None
+
+    @property
+    def file_name(self) -> str | None:
+        """The file that the block is, where its first line names one (``# work.py``)."""
+        named = _FILE_NAME.match(self.code)
+        return None if named is None else named["name"]
 
     @property
     def id(self) -> str:
@@ -163,6 +174,11 @@ class Outcome:
 
 
 def _command(block: Block, directory: Path) -> list[str]:
+    # The files that the page's earlier blocks are, beside this one.
+    for earlier in BLOCKS:
+        if earlier.page == block.page and earlier.line < block.line and earlier.file_name:
+            (directory / earlier.file_name).write_text(earlier.code, encoding="utf-8")
+
     if block.kind == "pytest":
         (directory / "pyproject.toml").write_text(
             '[tool.pytest.ini_options]\nanyio_mode = "auto"\n', encoding="utf-8"
@@ -172,8 +188,9 @@ def _command(block: Block, directory: Path) -> list[str]:
         options = ["-q", "-W", "error", "-p", "no:cacheprovider", "-p", "no:asyncio"]
         return [sys.executable, "-m", "pytest", *options]
 
-    (directory / "example.py").write_text(block.code, encoding="utf-8")
-    return [sys.executable, "-W", "error", "example.py"]
+    name = block.file_name or "example.py"
+    (directory / name).write_text(block.code, encoding="utf-8")
+    return [sys.executable, "-W", "error", name]
 
 
 class Runs:
@@ -331,6 +348,15 @@ class TestExtraction:
             for code in (">>> 1 + 1\n2\n", "async def test_x() -> None: ...\n", "print(1)\n")
         ]
         assert kinds == ["doctest", "pytest", "script"]
+
+    def test_names_the_file_a_block_is(self) -> None:
+        """A block whose first line names a Python file is that file; others are not."""
+        named, plain = blocks(
+            "```python\n# work.py: a module\nx = 1\n```\n\n```python\n# a comment\n```\n",
+            "p.md",
+        )
+        assert named.file_name == "work.py"
+        assert plain.file_name is None
 
     def test_rejects_an_open_fence(self) -> None:
         """A fence that is never closed is reported with its line."""
