@@ -114,6 +114,26 @@ def broken_initializer() -> None:
     raise RuntimeError("cannot start")
 
 
+def record_start(directory: str) -> None:
+    """An initializer: leave a file named after this worker's pid (a process start event)."""
+    Path(directory, str(os.getpid())).touch()
+
+
+def starts(directory: Path) -> list[int]:
+    """Return the pids of the worker processes started so far (their start events)."""
+    return sorted(int(path.name) for path in directory.iterdir())
+
+
+def wait_for_file(path: str) -> int:
+    """Say that the call started (by creating ``path``), then wait until it is gone."""
+    announce(path, str(os.getpid()))
+    deadline = time.monotonic() + WAIT
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+    return os.getpid()
+
+
 @offload.process
 def cube(x: int) -> int:
     """Cube a number in a worker process."""
@@ -473,6 +493,129 @@ class TestCapacity:
         assert not pid_alive(pid)
         with pytest.raises(offload.PoolClosed):
             await pool.call(getpid)
+
+
+class TestWarmSpares:
+    """A lost worker is replaced at once in the background, and ``min_workers`` stay started."""
+
+    @pytest.mark.parametrize("how", ["kill", "crash"])
+    async def test_the_next_call_runs_on_a_replacement_started_before_it(
+        self, how: str, tmp_path: Path
+    ) -> None:
+        """After a worker is killed (its call cancelled) or crashes, a replacement starts
+        with no call waiting for it, and the next call runs on that process."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process", max_workers=1, initializer=record_start, initargs=(str(started),)
+        )
+        first = await pool.call(getpid)
+        assert starts(started) == [first]
+        if how == "kill":
+            marker = tmp_path / "running"
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when, marker.exists, scope)
+                    await pool.call(spin_after_touching, str(marker))
+        else:
+            with pytest.raises(offload.WorkerCrashed):
+                await pool.call(exit_with, 3)
+
+        await until(lambda: len(starts(started)) == 2, "a replacement to start by itself")
+        (replacement,) = set(starts(started)) - {first}
+        assert await pool.call(getpid) == replacement
+        assert len(starts(started)) == 2  # the call started no process of its own
+        await pool.aclose()
+
+    async def test_min_workers_are_started_with_the_pool(self, tmp_path: Path) -> None:
+        """A pool with ``min_workers=2`` starts two processes at its first call, and the
+        calls that follow run on them."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process",
+            max_workers=2,
+            min_workers=2,
+            initializer=record_start,
+            initargs=(str(started),),
+        )
+        pid = await pool.call(getpid)
+        await until(lambda: len(starts(started)) == 2, "both processes to start")
+        assert pid in starts(started)
+        assert pool.stats().workers == 2
+        assert {await pool.call(getpid) for _ in range(5)} <= set(starts(started))
+        assert len(starts(started)) == 2
+        await pool.aclose()
+
+    async def test_idle_workers_above_min_workers_exit(self, tmp_path: Path) -> None:
+        """Idle processes above ``min_workers`` exit after ``idle_timeout``; the ones kept
+        serve the next call without a new start."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process",
+            max_workers=2,
+            min_workers=1,
+            idle_timeout=0.05,
+            initializer=record_start,
+            initargs=(str(started),),
+        )
+        markers = [tmp_path / "a", tmp_path / "b"]
+
+        async def run(marker: Path) -> None:
+            await pool.call(wait_for_file, str(marker))
+
+        async with anyio.create_task_group() as tg:
+            for marker in markers:
+                tg.start_soon(run, marker)
+
+            await until(lambda: all(m.exists() for m in markers), "both calls to run")
+            for marker in markers:
+                marker.unlink()
+
+        assert len(starts(started)) == 2
+        await until(lambda: pool.stats().workers == 1, "the idle process above 1 to exit")
+        assert await pool.call(getpid) in starts(started)
+        assert len(starts(started)) == 2
+        await pool.aclose()
+
+    async def test_configure_min_workers_on_a_running_pool(self, tmp_path: Path) -> None:
+        """Raising ``min_workers`` on a running pool starts the processes it asks for."""
+        pool = new_pool("process", max_workers=3)
+        await pool.call(getpid)
+        pool.configure(min_workers=3)
+        await until(lambda: pool.stats().workers == 3, "three processes to be started")
+        await pool.aclose()
+
+    def test_min_workers_above_max_workers_is_refused(self) -> None:
+        """``min_workers`` above ``max_workers`` is a ``ValueError`` that says what to do."""
+        with pytest.raises(ValueError, match="min_workers=3 is more than max_workers=2"):
+            new_pool("process", max_workers=2, min_workers=3)
+
+        pool = new_pool("process", max_workers=2)
+        with pytest.raises(ValueError, match="lower min_workers or raise max_workers"):
+            pool.configure(min_workers=5)
+
+    async def test_min_workers_above_max_workers_on_a_running_pool(self) -> None:
+        """On a running pool, a ``min_workers`` above the size in force is refused and the
+        pool runs on unchanged."""
+        pool = new_pool("process", max_workers=1)
+        assert await pool.call(square, 2) == 4
+        with pytest.raises(ValueError, match="min_workers=2 is more than max_workers=1"):
+            pool.configure(min_workers=2)
+
+        assert pool.settings().min_workers == 0
+        assert await pool.call(square, 3) == 9
+        await pool.aclose()
+
+    async def test_min_workers_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``OFFLOAD_<POOL>_MIN_WORKERS`` sets how many processes are kept started."""
+        pool = new_pool("process", max_workers=2)
+        monkeypatch.setenv(f"OFFLOAD_{pool.name.upper().replace('-', '_')}_MIN_WORKERS", "2")
+        assert pool.settings().min_workers == 2
+        await pool.call(square, 2)
+        await until(lambda: pool.stats().workers == 2, "two processes to be started")
+        await pool.aclose()
 
 
 class TestSettings:
