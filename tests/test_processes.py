@@ -43,6 +43,10 @@ def getpid() -> int:
     return os.getpid()
 
 
+def reverse(data: bytes) -> bytes:
+    return data[::-1]
+
+
 def describe(*args: object, **kwargs: object) -> tuple[tuple[object, ...], dict[str, object]]:
     return args, kwargs
 
@@ -226,6 +230,16 @@ class TestCalls:
         assert cause is not None
         assert "in fail" in str(cause)
         assert "raise LookupError(message, 7)" in str(cause)
+
+    @pytest.mark.parametrize("size", [600_000, 5_000_000])
+    async def test_arguments_and_results_bigger_than_the_pipe_buffer(self, size: int) -> None:
+        """An argument and a result far bigger than a pipe's buffer cross whole, and the
+        pool goes on serving calls after them."""
+        pool = new_pool("process", max_workers=1)
+        data = bytes(range(256)) * (size // 256)
+        assert await pool.call(reverse, data) == data[::-1]
+        assert await pool.call(square, 3) == 9
+        await pool.aclose()
 
     async def test_workers_are_reused(self) -> None:
         """Sequential calls reuse one worker process."""

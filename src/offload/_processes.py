@@ -41,6 +41,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Generator
+from queue import SimpleQueue
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -368,9 +369,8 @@ class _Process:
         except ValueError:  # pragma: no cover - it is reaped: close() does not refuse
             pass
 
-    def crash(self, function: str) -> WorkerCrashed:
-        """Describe how the (reaped) worker died."""
-        code = self.process.exitcode
+    def crash(self, function: str, code: int | None) -> WorkerCrashed:
+        """Describe how the worker died, from its exit code."""
         if code is not None and code < 0:
             return WorkerCrashed(function, self.pid, None, -code, not self.ready)
 
@@ -406,7 +406,9 @@ class ProcessWorkers:
         self._live = 0  # processes that take calls (not doomed), started or starting
         self._idle: list[_Process] = []  # ready, without a call; newest last
         self._unassigned: list[_Process] = []  # starting, without a call yet
-        self._starters: set[threading.Thread] = set()
+        # The helper thread, and what it is asked to do: start a process, or reap one.
+        self._helper: threading.Thread | None = None
+        self._asks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._terminated: dict[Job, _Process] = {}  # SIGTERMed for a job: kill() may follow
         self._tries: dict[Job, int] = {}  # re-runs after a crash, of calls with retries
         self._later: list[Job] = []  # outcomes to deliver from a fresh loop callback
@@ -458,7 +460,7 @@ class ProcessWorkers:
         """Return processes alive, processes running a call (killed ones included until
         they are gone), jobs waiting, and processes running a call whose caller is gone."""
         queue = self.queue
-        abandoned = sum(1 for job in self.running if job.abandoned)
+        abandoned = sum(1 for job in list(self.running) if job.abandoned)  # any thread
         return len(self._processes), queue.busy, queue.pending, abandoned
 
     # -- calls -------------------------------------------------------------------------------
@@ -597,7 +599,12 @@ class ProcessWorkers:
         if ran:
             process.calls += 1
 
-        if not process.doomed:
+        if process.doomed:
+            if process.reading == process.fd:  # its call ended as it was killed: make sure
+                self._stop_reading(process)  # it exits (end of its input), and reap it
+                process.close_pipes()
+                self._reap(process, None)
+        else:
             limit = self.max_tasks_per_worker
             if (limit is not None and process.calls >= limit) or self._closing:
                 self._retire(process, replace=not self._closing)
@@ -612,20 +619,43 @@ class ProcessWorkers:
     # -- processes: start, read, lose, retire ------------------------------------------------
 
     def _start(self) -> _Process:
-        """Start a process in the background (a starter thread); it takes calls once ready."""
+        """Start a process in the background (the helper thread); it takes calls once ready."""
         process = _Process()
         self._processes.add(process)
         self._unassigned.append(process)
         self._live += 1
-        starter = threading.Thread(
-            target=self._spawn,
-            args=(process, self._context, self._initializer, self._initargs),
-            name=f"offload-{self.pool}-starter",
-            daemon=True,
+        self._ask(
+            functools.partial(
+                self._spawn, process, self._context, self._initializer, self._initargs
+            )
         )
-        self._starters.add(starter)
-        starter.start()
         return process
+
+    def _ask(self, task: Callable[[], None]) -> None:
+        """Have the helper thread run ``task``.
+
+        One helper thread per pool and loop, asleep on its queue between tasks: starting a
+        thread from the loop would make the loop wait for it to run (``Thread.start()``),
+        on a busy machine for milliseconds. It alone starts and reaps processes:
+        multiprocessing's process handles are not safe to use from two threads at once (a
+        start polls the other children, and two polls of one forkserver child race for its
+        exit status).
+        """
+        self._asks.put(task)
+        if self._helper is None:
+            self._helper = threading.Thread(
+                target=self._help, name=f"offload-{self.pool}-helper", daemon=True
+            )
+            self._helper.start()
+
+    def _help(self) -> None:
+        """The helper thread: run what it is asked, in order, until shutdown."""
+        while True:
+            task = self._asks.get()
+            if task is None:
+                return
+
+            task()
 
     def _spawn(
         self,
@@ -634,19 +664,25 @@ class ProcessWorkers:
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
     ) -> None:
+        if self._closing:
+            return  # shutdown() forgets it
+
         error: BaseException | None = None
         try:
             process.spawn(context, self.pool, initializer, initargs)
         except BaseException as exc:
             error = exc
 
+        self._tell(functools.partial(self._started, process, error))
+
+    def _tell(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop (from the helper thread)."""
         try:
-            self._loop.call_soon_threadsafe(functools.partial(self._started, process, error))
-        except Exception:  # the loop is gone; its end stopped the process
+            self._loop.call_soon_threadsafe(callback)
+        except Exception:  # the loop is gone; its end stopped the processes
             pass
 
     def _started(self, process: _Process, error: BaseException | None) -> None:
-        self._starters = {t for t in self._starters if t.is_alive()}
         if self._closing or process.gone:
             return  # shutdown() stopped it
 
@@ -805,27 +841,29 @@ class ProcessWorkers:
         self._reap(process, process.job)
 
     def _reap(self, process: _Process, job: Job | None) -> None:
-        """Wait in the loop for the process's exit, then settle ``job`` (None: none)."""
-        if process.process.exitcode is not None:
-            self._reaped(process, job)
-            return
-
+        """Once the process has exited (its sentinel, watched by the loop), have the helper
+        thread reap it, then settle ``job`` (None: none)."""
         sentinel = process.process.sentinel
         process.reading = sentinel
 
         def exited() -> None:
             if process.reading == sentinel:
                 self._stop_reading(process)
-                self._reaped(process, job)
+                self._ask(functools.partial(self._join, process, job))
 
         self._loop.add_reader(sentinel, exited)
         # A worker that closed its pipe yet runs on is killed after the grace.
         self._loop.call_later(KILL_GRACE, functools.partial(process.signal, _SIGKILL))
 
-    def _reaped(self, process: _Process, job: Job | None) -> None:
+    def _join(self, process: _Process, job: Job | None) -> None:
+        """Reap an exited process (in the helper thread)."""
         process.process.join()
-        crash = process.crash("worker" if job is None else job.name)
+        code = process.process.exitcode
         process.reaped()
+        self._tell(functools.partial(self._reaped, process, job, code))
+
+    def _reaped(self, process: _Process, job: Job | None, code: int | None) -> None:
+        crash = process.crash("worker" if job is None else job.name, code)
         self._processes.discard(process)
         if job is None or process.job is not job:
             self._check_idle()
@@ -919,7 +957,8 @@ class ProcessWorkers:
         self._terminated[job] = process
         if not process.doomed:
             self._doom(process)
-            self._replace()
+            # Its replacement starts once the caller has control back.
+            self._loop.call_soon_threadsafe(self._replace)
 
     def kill(self, job: Job) -> None:
         """SIGKILL the process that ran ``job`` if SIGTERM did not end it."""
@@ -936,10 +975,12 @@ class ProcessWorkers:
             Nothing left running: an empty list (every process is gone).
         """
         self._closing = True
-        for starter in list(self._starters):
-            starter.join()
+        helper = self._helper
+        if helper is not None:
+            self._helper = None
+            self._asks.put(None)
+            helper.join()  # done with the start or reaping under way
 
-        self._starters.clear()
         processes = list(self._processes)
         for process in processes:
             self._stop_reading(process)
