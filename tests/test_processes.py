@@ -913,6 +913,29 @@ def test_every_process_call_ends_exactly_once(
 
 
 class TestReconfigure:
+    async def test_lowering_max_workers_stops_the_extra_busy_process(self, tmp_path: Path) -> None:
+        """After ``max_workers`` is lowered under two running calls, the process that is
+        one too many exits once its call returns (not after ``idle_timeout``), and calls run
+        one at a time."""
+        pool = new_pool("process", max_workers=2, idle_timeout=60.0)
+        markers = [tmp_path / "a", tmp_path / "b"]
+
+        async def run(marker: Path) -> None:
+            await pool.call(wait_for_file, str(marker))
+
+        async with anyio.create_task_group() as tg:
+            for marker in markers:
+                tg.start_soon(run, marker)
+
+            await until(lambda: all(m.exists() for m in markers), "both calls to run")
+            pool.configure(max_workers=1)
+            for marker in markers:
+                marker.unlink()
+
+        await until(lambda: pool.stats().workers == 1, "the extra process to exit")
+        assert len({await pool.call(getpid) for _ in range(3)}) == 1
+        await pool.aclose()
+
     async def test_running_pool_applies_new_worker_settings(self) -> None:
         """``configure`` on a running process pool reaches the workers that start next."""
         pool = new_pool("process", max_workers=1, initializer=remember, initargs=("first",))

@@ -608,6 +608,8 @@ class ProcessWorkers:
             limit = self.max_tasks_per_worker
             if (limit is not None and process.calls >= limit) or self._closing:
                 self._retire(process, replace=not self._closing)
+            elif self._live > self.queue.capacity:  # max_workers was lowered: one too many
+                self._retire(process, replace=False)
             else:
                 process.idle_since = monotonic()
                 self._idle.append(process)
