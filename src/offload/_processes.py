@@ -174,6 +174,7 @@ def _main_path_checked() -> Generator[None, None, None]:
 _SIZE = struct.Struct("!i")
 _BIG_SIZE = struct.Struct("!Q")
 _READ = 1 << 16  # bytes read at once
+_SMALL_HEAD = struct.Struct("!iQ")  # the length of a small message, and the call's number
 
 
 def _frame(payload_size: int) -> bytes:
@@ -522,8 +523,9 @@ class ProcessWorkers:
             self._deliver_soon(job)
             return None
 
-        if inspect.iscoroutinefunction(job.fn):
-            job.error = refuse_awaitable(job.fn, None)
+        fn: object = job.fn  # a FunctionRef for a decorated function: never a coroutine
+        if not isinstance(fn, FunctionRef) and inspect.iscoroutinefunction(fn):
+            job.error = refuse_awaitable(fn, None)
             self._deliver_soon(job)
             return None
 
@@ -542,7 +544,14 @@ class ProcessWorkers:
             return
 
         number = process.number = next(self._numbers)
-        parts = [_frame(JOB_NUMBER.size + len(payload)), JOB_NUMBER.pack(number), payload]
+        size = JOB_NUMBER.size + len(payload)
+        if size < _READ:  # the common case: one small message, one write
+            parts = [_SMALL_HEAD.pack(size, number) + payload]
+            total = len(parts[0])
+        else:
+            parts = [_frame(size), JOB_NUMBER.pack(number), payload]
+            total = sum(map(len, parts))
+
         del payload
         job.started = perf_counter()
         try:
@@ -552,7 +561,7 @@ class ProcessWorkers:
         except OSError:  # the worker died: the loop reads its end of file next
             return
 
-        if written < sum(map(len, parts)):  # bigger than the pipe's buffer
+        if written < total:
             process.writer = writer = threading.Thread(
                 target=_write_rest,
                 args=(process.fd, parts, written),
@@ -616,7 +625,8 @@ class ProcessWorkers:
 
         self._dispatch()  # the next queued call goes out before this one is delivered
         self._deliver(job)
-        self._check_idle()
+        if not self._idle_check_due:
+            self._check_idle()
 
     # -- processes: start, read, lose, retire ------------------------------------------------
 
