@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import functools
 import gc
@@ -60,6 +61,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import platform
 import statistics
 import sys
@@ -485,6 +487,87 @@ async def _aiomultiprocess() -> Setup:
     )
 
 
+class _Floor:
+    """The bare floor of (a): forked workers on pipes that the loop reads with ``add_reader``,
+    and nothing else (no queue bound, no cancellation, no crash handling)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context(START_METHOD)
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[Any] = []
+        self.busy: dict[Any, asyncio.Future[Any]] = {}
+        self.queue: collections.deque[tuple[bytes, asyncio.Future[Any]]] = collections.deque()
+        self.processes = []
+        for _ in range(WORKERS):
+            parent, child = context.Pipe()
+            process = context.Process(target=_floor_child, args=(child,), daemon=True)
+            process.start()
+            child.close()
+            self.processes.append(process)
+            self.idle.append(parent)
+            self.loop.add_reader(parent.fileno(), self._readable, parent)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        message = pickle.dumps((fn, args))
+        if self.idle:
+            conn = self.idle.pop()
+            self.busy[conn] = future
+            conn.send_bytes(message)
+        else:
+            self.queue.append((message, future))
+
+        return future
+
+    def _readable(self, conn: Any) -> None:
+        future = self.busy.pop(conn, None)
+        try:
+            result = pickle.loads(conn.recv_bytes())
+        except EOFError:  # the worker died (the floor does not replace it)
+            self.loop.remove_reader(conn.fileno())
+            if future is not None:
+                future.set_exception(RuntimeError("a floor worker died"))
+
+            return
+
+        assert future is not None
+        if self.queue:
+            message, following = self.queue.popleft()
+            self.busy[conn] = following
+            conn.send_bytes(message)
+        else:
+            self.idle.append(conn)
+
+        future.set_result(result)
+
+    async def close(self) -> None:
+        for conn in [*self.idle, *self.busy]:
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+
+        self.idle.clear()
+        self.busy.clear()
+
+        for process in self.processes:
+            process.join()
+
+
+def _floor_child(conn: Any) -> None:
+    while True:
+        try:
+            fn, args = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            return
+
+        conn.send_bytes(pickle.dumps(fn(*args)))
+
+
+async def _floor() -> Setup:
+    floor = _Floor()
+    how = f"{WORKERS} {START_METHOD} workers on pipes the loop reads with add_reader"
+    return Setup(floor.call, floor.close, how, False)
+
+
 BASELINE = "executor"
 CONTENDERS = (
     Contender("offload", "offload ProcessPool", "asyncio", None, _offload),
@@ -498,6 +581,7 @@ CONTENDERS = (
         "aiomultiprocess", "aiomultiprocess Pool", "asyncio", "aiomultiprocess", _aiomultiprocess
     ),
     Contender("offload_trio", "offload ProcessPool, on trio", "trio", "trio", _offload, "a"),
+    Contender("floor", "bare floor (add_reader)", "asyncio", None, _floor, "a"),
 )
 LABELS = {contender.key: contender.label for contender in CONTENDERS}
 

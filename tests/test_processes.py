@@ -43,6 +43,10 @@ def getpid() -> int:
     return os.getpid()
 
 
+def reverse(data: bytes) -> bytes:
+    return data[::-1]
+
+
 def describe(*args: object, **kwargs: object) -> tuple[tuple[object, ...], dict[str, object]]:
     return args, kwargs
 
@@ -112,6 +116,26 @@ def initialized() -> list[str]:
 
 def broken_initializer() -> None:
     raise RuntimeError("cannot start")
+
+
+def record_start(directory: str) -> None:
+    """An initializer: leave a file named after this worker's pid (a process start event)."""
+    Path(directory, str(os.getpid())).touch()
+
+
+def starts(directory: Path) -> list[int]:
+    """Return the pids of the worker processes started so far (their start events)."""
+    return sorted(int(path.name) for path in directory.iterdir())
+
+
+def wait_for_file(path: str) -> int:
+    """Say that the call started (by creating ``path``), then wait until it is gone."""
+    announce(path, str(os.getpid()))
+    deadline = time.monotonic() + WAIT
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+    return os.getpid()
 
 
 @offload.process
@@ -206,6 +230,16 @@ class TestCalls:
         assert cause is not None
         assert "in fail" in str(cause)
         assert "raise LookupError(message, 7)" in str(cause)
+
+    @pytest.mark.parametrize("size", [600_000, 5_000_000])
+    async def test_arguments_and_results_bigger_than_the_pipe_buffer(self, size: int) -> None:
+        """An argument and a result far bigger than a pipe's buffer cross whole, and the
+        pool goes on serving calls after them."""
+        pool = new_pool("process", max_workers=1)
+        data = bytes(range(256)) * (size // 256)
+        assert await pool.call(reverse, data) == data[::-1]
+        assert await pool.call(square, 3) == 9
+        await pool.aclose()
 
     async def test_workers_are_reused(self) -> None:
         """Sequential calls reuse one worker process."""
@@ -473,6 +507,129 @@ class TestCapacity:
         assert not pid_alive(pid)
         with pytest.raises(offload.PoolClosed):
             await pool.call(getpid)
+
+
+class TestWarmSpares:
+    """A lost worker is replaced at once in the background, and ``min_workers`` stay started."""
+
+    @pytest.mark.parametrize("how", ["kill", "crash"])
+    async def test_the_next_call_runs_on_a_replacement_started_before_it(
+        self, how: str, tmp_path: Path
+    ) -> None:
+        """After a worker is killed (its call cancelled) or crashes, a replacement starts
+        with no call waiting for it, and the next call runs on that process."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process", max_workers=1, initializer=record_start, initargs=(str(started),)
+        )
+        first = await pool.call(getpid)
+        assert starts(started) == [first]
+        if how == "kill":
+            marker = tmp_path / "running"
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when, marker.exists, scope)
+                    await pool.call(spin_after_touching, str(marker))
+        else:
+            with pytest.raises(offload.WorkerCrashed):
+                await pool.call(exit_with, 3)
+
+        await until(lambda: len(starts(started)) == 2, "a replacement to start by itself")
+        (replacement,) = set(starts(started)) - {first}
+        assert await pool.call(getpid) == replacement
+        assert len(starts(started)) == 2  # the call started no process of its own
+        await pool.aclose()
+
+    async def test_min_workers_are_started_with_the_pool(self, tmp_path: Path) -> None:
+        """A pool with ``min_workers=2`` starts two processes at its first call, and the
+        calls that follow run on them."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process",
+            max_workers=2,
+            min_workers=2,
+            initializer=record_start,
+            initargs=(str(started),),
+        )
+        pid = await pool.call(getpid)
+        await until(lambda: len(starts(started)) == 2, "both processes to start")
+        assert pid in starts(started)
+        assert pool.stats().workers == 2
+        assert {await pool.call(getpid) for _ in range(5)} <= set(starts(started))
+        assert len(starts(started)) == 2
+        await pool.aclose()
+
+    async def test_idle_workers_above_min_workers_exit(self, tmp_path: Path) -> None:
+        """Idle processes above ``min_workers`` exit after ``idle_timeout``; the ones kept
+        serve the next call without a new start."""
+        started = tmp_path / "starts"
+        started.mkdir()
+        pool = new_pool(
+            "process",
+            max_workers=2,
+            min_workers=1,
+            idle_timeout=0.05,
+            initializer=record_start,
+            initargs=(str(started),),
+        )
+        markers = [tmp_path / "a", tmp_path / "b"]
+
+        async def run(marker: Path) -> None:
+            await pool.call(wait_for_file, str(marker))
+
+        async with anyio.create_task_group() as tg:
+            for marker in markers:
+                tg.start_soon(run, marker)
+
+            await until(lambda: all(m.exists() for m in markers), "both calls to run")
+            for marker in markers:
+                marker.unlink()
+
+        assert len(starts(started)) == 2
+        await until(lambda: pool.stats().workers == 1, "the idle process above 1 to exit")
+        assert await pool.call(getpid) in starts(started)
+        assert len(starts(started)) == 2
+        await pool.aclose()
+
+    async def test_configure_min_workers_on_a_running_pool(self, tmp_path: Path) -> None:
+        """Raising ``min_workers`` on a running pool starts the processes it asks for."""
+        pool = new_pool("process", max_workers=3)
+        await pool.call(getpid)
+        pool.configure(min_workers=3)
+        await until(lambda: pool.stats().workers == 3, "three processes to be started")
+        await pool.aclose()
+
+    def test_min_workers_above_max_workers_is_refused(self) -> None:
+        """``min_workers`` above ``max_workers`` is a ``ValueError`` that says what to do."""
+        with pytest.raises(ValueError, match="min_workers=3 is more than max_workers=2"):
+            new_pool("process", max_workers=2, min_workers=3)
+
+        pool = new_pool("process", max_workers=2)
+        with pytest.raises(ValueError, match="lower min_workers or raise max_workers"):
+            pool.configure(min_workers=5)
+
+    async def test_min_workers_above_max_workers_on_a_running_pool(self) -> None:
+        """On a running pool, a ``min_workers`` above the size in force is refused and the
+        pool runs on unchanged."""
+        pool = new_pool("process", max_workers=1)
+        assert await pool.call(square, 2) == 4
+        with pytest.raises(ValueError, match="min_workers=2 is more than max_workers=1"):
+            pool.configure(min_workers=2)
+
+        assert pool.settings().min_workers == 0
+        assert await pool.call(square, 3) == 9
+        await pool.aclose()
+
+    async def test_min_workers_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``OFFLOAD_<POOL>_MIN_WORKERS`` sets how many processes are kept started."""
+        pool = new_pool("process", max_workers=2)
+        monkeypatch.setenv(f"OFFLOAD_{pool.name.upper().replace('-', '_')}_MIN_WORKERS", "2")
+        assert pool.settings().min_workers == 2
+        await pool.call(square, 2)
+        await until(lambda: pool.stats().workers == 2, "two processes to be started")
+        await pool.aclose()
 
 
 class TestSettings:
@@ -756,6 +913,29 @@ def test_every_process_call_ends_exactly_once(
 
 
 class TestReconfigure:
+    async def test_lowering_max_workers_stops_the_extra_busy_process(self, tmp_path: Path) -> None:
+        """After ``max_workers`` is lowered under two running calls, the process that is
+        one too many exits once its call returns (not after ``idle_timeout``), and calls run
+        one at a time."""
+        pool = new_pool("process", max_workers=2, idle_timeout=60.0)
+        markers = [tmp_path / "a", tmp_path / "b"]
+
+        async def run(marker: Path) -> None:
+            await pool.call(wait_for_file, str(marker))
+
+        async with anyio.create_task_group() as tg:
+            for marker in markers:
+                tg.start_soon(run, marker)
+
+            await until(lambda: all(m.exists() for m in markers), "both calls to run")
+            pool.configure(max_workers=1)
+            for marker in markers:
+                marker.unlink()
+
+        await until(lambda: pool.stats().workers == 1, "the extra process to exit")
+        assert len({await pool.call(getpid) for _ in range(3)}) == 1
+        await pool.aclose()
+
     async def test_running_pool_applies_new_worker_settings(self) -> None:
         """``configure`` on a running process pool reaches the workers that start next."""
         pool = new_pool("process", max_workers=1, initializer=remember, initargs=("first",))

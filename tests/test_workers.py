@@ -1,25 +1,29 @@
-"""The worker layer on its own, without an event loop: workers run each submitted job and hand
-it to their delivery callback (here a queue), as trio's tests drive its thread cache."""
+"""The worker layer on its own, without a pool: workers run each submitted job and hand it to
+their delivery callback (here a queue), as trio's tests drive its thread cache. Thread workers
+need no event loop; process workers are driven by one (the loop reads their pipes)."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from queue import SimpleQueue
 from time import perf_counter
 from typing import Any
 
+import anyio
 import pytest
 
 import offload
-from _support import WAIT, spin_until
+from _support import WAIT, spin_until, until
+from offload._backends import current_key, current_loop
 from offload._exceptions import WorkerCrashed
 from offload._job import Job
 from offload._options import Options
 from offload._processes import ProcessWorkers
-from offload._settings import ThreadSettings, default_start_method
+from offload._settings import ProcessSettings, ThreadSettings, default_start_method
 from offload._threads import ThreadWorkers
 
 
@@ -227,83 +231,119 @@ def crash_once(path: str) -> str:
     return "ran again"
 
 
-def new_process_workers(delivered: SimpleQueue[Job], max_workers: int = 1) -> ProcessWorkers:
+class Delivered:
+    """The delivery callback of loop-driven workers: keeps each job, and wakes the test."""
+
+    def __init__(self) -> None:
+        self.jobs: deque[Job] = deque()
+        self._event = anyio.Event()
+
+    def put(self, job: Job) -> None:
+        self.jobs.append(job)
+        self._event.set()
+
+    async def next(self) -> Job:
+        """Wait in the loop for the next delivered job."""
+        with anyio.fail_after(WAIT):
+            while not self.jobs:
+                await self._event.wait()
+                self._event = anyio.Event()
+
+        return self.jobs.popleft()
+
+
+def new_process_workers(
+    delivered: Delivered, max_workers: int = 1, **settings: Any
+) -> ProcessWorkers:
+    """Return process workers driven by the running loop, as a pool's runtime makes them."""
+    loop = current_loop(current_key())
     return ProcessWorkers(
-        "p", delivered.put, max_workers, 60.0, default_start_method(), None, None, ()
+        "p",
+        delivered.put,
+        loop,
+        ProcessSettings(max_workers=max_workers, start_method=default_start_method(), **settings),
     )
 
 
 class TestProcessWorkers:
-    """Process workers run each job in the process their thread owns, and can stop it."""
+    """Process workers run each job in a process whose pipe the loop reads, and can stop it.
 
-    def test_a_job_runs_in_a_worker_process_and_is_delivered(self) -> None:
+    They need a running loop (it owns the pipes), so these tests run in one, on every
+    backend, and drive the workers directly, as a pool's runtime does.
+    """
+
+    async def test_a_job_runs_in_a_worker_process_and_is_delivered(self) -> None:
         """A job runs in another process; the next one reuses that process."""
-        delivered: SimpleQueue[Job] = SimpleQueue()
+        delivered = Delivered()
         workers = new_process_workers(delivered)
         first, second = new_job(pid), new_job(pid)
         workers.submit(first, None)
         workers.submit(second, None)
-        assert {next_delivered(delivered), next_delivered(delivered)} == {first, second}
+        assert {await delivered.next(), await delivered.next()} == {first, second}
         assert first.ok
         assert first.value != os.getpid()
         assert second.value == first.value
         assert workers.shutdown() == []
 
-    def test_notify_turns_offload_cancelled_true_in_the_process(self, tmp_path: Path) -> None:
+    async def test_notify_turns_offload_cancelled_true_in_the_process(
+        self, tmp_path: Path
+    ) -> None:
         """``notify`` makes ``offload.cancelled()`` True inside the worker process."""
-        delivered: SimpleQueue[Job] = SimpleQueue()
+        delivered = Delivered()
         workers = new_process_workers(delivered)
         started = tmp_path / "started"
         job = new_job(announce_then_wait_for_cancel, str(started))
         workers.submit(job, None)
         try:
-            spin_until(started.exists, "the call to start in its process")
+            await until(started.exists, "the call to start in its process")
             job.caller_gone = True
             workers.notify(job)
-            assert next_delivered(delivered).value == "stopped"
+            assert (await delivered.next()).value == "stopped"
         finally:
             workers.shutdown()
 
     @pytest.mark.parametrize("retries", [0, 2])
-    def test_terminate_and_kill_stop_the_call_and_never_retry_it(
+    async def test_terminate_and_kill_stop_the_call_and_never_retry_it(
         self, retries: int, tmp_path: Path
     ) -> None:
         """``terminate`` ends the call's process; the call fails with ``WorkerCrashed``,
         is not run again, and ``kill`` after it finds nothing left to stop."""
-        delivered: SimpleQueue[Job] = SimpleQueue()
+        delivered = Delivered()
         workers = new_process_workers(delivered)
         started = tmp_path / "started"
         options = Options(None, None, "kill", retries)
         job = new_job(announce_then_sleep, str(started), options=options)
         workers.submit(job, None)
         try:
-            spin_until(started.exists, "the call to start in its process")
+            await until(started.exists, "the call to start in its process")
             started.unlink()
             job.caller_gone = True
             workers.terminate(job)
-            assert next_delivered(delivered) is job
+            assert await delivered.next() is job
             assert isinstance(job.error, WorkerCrashed)
             assert not started.exists()  # not run again
             workers.kill(job)  # nothing left to kill: a no-op
             assert workers.running == {}
             again = new_job(pid)
             workers.submit(again, None)
-            assert next_delivered(delivered).ok  # on a fresh process
+            assert (await delivered.next()).ok  # on a fresh process
         finally:
             workers.shutdown()
 
     @pytest.mark.parametrize("retries", [0, 1])
-    def test_a_crash_fails_the_call_or_runs_it_again(self, retries: int, tmp_path: Path) -> None:
+    async def test_a_crash_fails_the_call_or_runs_it_again(
+        self, retries: int, tmp_path: Path
+    ) -> None:
         """A worker process that dies fails its call with ``WorkerCrashed``, unless the
         call has a retry left: then it runs again on a fresh process."""
-        delivered: SimpleQueue[Job] = SimpleQueue()
+        delivered = Delivered()
         workers = new_process_workers(delivered)
         job = new_job(
             crash_once, str(tmp_path / "crashed"), options=Options(None, None, "kill", retries)
         )
         workers.submit(job, None)
         try:
-            assert next_delivered(delivered) is job
+            assert await delivered.next() is job
             if retries:
                 assert job.value == "ran again"
             else:

@@ -73,6 +73,15 @@ class Loop:
 
         self.spawn_system_task(later)
 
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` in the loop whenever ``fd`` is readable, until
+        :meth:`remove_reader` (which must come before ``fd`` is closed)."""
+        raise NotImplementedError
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``; the callback is not called again."""
+        raise NotImplementedError
+
 
 class _AsyncioLoop(Loop):
     __slots__ = ("_loop", "_tasks")
@@ -111,6 +120,12 @@ class _AsyncioLoop(Loop):
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> None:
         contextvars.Context().run(self._loop.call_later, delay, fn)
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        contextvars.Context().run(self._loop.add_reader, fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
 
 
 class _TrioWaiter:
@@ -177,9 +192,10 @@ class _TrioWaiter:
 
 
 class _TrioLoop(Loop):
-    __slots__ = ()
+    __slots__ = ("_readers",)
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._readers: dict[int, list[Callable[[], object]]] = {}  # fd -> its callback
         self.key = token
         self.new_waiter = _TrioWaiter
         self.call_soon_threadsafe = token.run_sync_soon
@@ -189,6 +205,35 @@ class _TrioLoop(Loop):
     def spawn_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         # System tasks are cancelled when the main task ends, and trio.run waits for them.
         return _trio().lowlevel.spawn_system_task(fn, name="offload lifecycle")
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        # One task per file descriptor, shielded: it keeps reading while the end of the run
+        # closes the pools (a worker's last results arrive then), until remove_reader.
+        trio = _trio()
+        box = [callback]  # emptied by remove_reader: the task ending later holds nothing
+        self._readers[fd] = box
+        wait_readable = trio.lowlevel.wait_readable
+        closed = trio.ClosedResourceError
+
+        async def read() -> None:
+            with trio.CancelScope(shield=True):
+                try:
+                    while box:  # never wait on a descriptor removed already
+                        await wait_readable(fd)
+                        if box:
+                            box[0]()
+                except closed:  # remove_reader
+                    pass
+
+        trio.lowlevel.spawn_system_task(read, name="offload reader", context=contextvars.Context())
+
+    def remove_reader(self, fd: int) -> None:
+        # notify_closing unregisters the descriptor at once (the caller may close it next)
+        # and wakes the task waiting on it.
+        box = self._readers.pop(fd, None)
+        if box is not None:
+            box.clear()
+            _trio().lowlevel.notify_closing(fd)
 
 
 def _trio() -> Any:

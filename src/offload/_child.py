@@ -8,6 +8,7 @@ stopped waiting, and end-of-file when the parent is gone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing.connection
 import os
@@ -132,10 +133,16 @@ def child_main(
             initializer(*initargs)
         except BaseException as exc:
             text = traceback.format_exc()
-            conn.send_bytes(_pack_outcome(0, False, (exc, text), "initializer"))
+            with contextlib.suppress(OSError):
+                conn.send_bytes(_pack_outcome(0, False, (exc, text), "initializer"))
+
             return
 
-    conn.send_bytes(_pack_outcome(0, True, os.getpid(), "start"))
+    try:
+        conn.send_bytes(_pack_outcome(0, True, os.getpid(), "start"))
+    except OSError:  # the pool closed while this worker (a spare) started: nobody needs it
+        return
+
     while True:
         try:
             data = conn.recv_bytes()

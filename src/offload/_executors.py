@@ -438,7 +438,7 @@ class ExecutorSource:
         return executor
 
     def start_workers(
-        self, pool: str, deliver: Callable[[Any], None], settings: PoolSettings
+        self, pool: str, deliver: Callable[[Any], None], settings: PoolSettings, loop: object
     ) -> ExecutorWorkers:
         """Return the workers of the pool in the loop starting now."""
         made, self._made = self._made, None

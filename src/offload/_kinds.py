@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from ._backends import Loop
 from ._executors import ExecutorSource
 from ._job import Job
 from ._processes import FunctionRef, ProcessWorkers, check_picklable_function
@@ -55,7 +56,7 @@ class Stopper(Protocol):
     def kill(self, job: Job, /) -> None: ...
 
 
-StartWorkers = Callable[[str, Callable[[Job], None], Any], Workers]
+StartWorkers = Callable[[str, Callable[[Job], None], Any, Loop], Workers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,8 @@ class PoolKind:
 
     settings: type[PoolSettings]  # its settings class
     defaults: Callable[[], dict[str, object]]  # its defaults, for this machine
-    start_workers: StartWorkers  # (pool name, delivery callback, settings) -> its workers
+    start_workers: StartWorkers  # (pool name, delivery callback, settings, loop) -> its workers
+    delivers_on_loop: bool  # its workers call the delivery callback on the loop's thread
     stopper: Callable[[Workers], Stopper | None]  # its workers' stop actions, if any
     policies: tuple[str, ...]  # the cancel policies it allows; the first is the default
     prepare: Callable[[Callable[..., Any], str], Callable[..., Any]]  # (fn, pool) -> target
@@ -87,7 +89,9 @@ def _thread_defaults() -> dict[str, object]:
     return {"max_workers": min(32, usable_cpus() + 4)}
 
 
-def _start_threads(pool: str, deliver: Callable[[Job], None], settings: Any) -> Workers:
+def _start_threads(
+    pool: str, deliver: Callable[[Job], None], settings: Any, loop: Loop
+) -> Workers:
     return ThreadWorkers(
         pool,
         deliver,
@@ -102,17 +106,10 @@ def _process_defaults() -> dict[str, object]:
     return {"max_workers": usable_cpus(), "start_method": default_start_method()}
 
 
-def _start_processes(pool: str, deliver: Callable[[Job], None], settings: Any) -> Workers:
-    return ProcessWorkers(
-        pool,
-        deliver,
-        settings.max_workers,
-        settings.idle_timeout,
-        settings.start_method,
-        settings.max_tasks_per_worker,
-        settings.initializer,
-        settings.initargs,
-    )
+def _start_processes(
+    pool: str, deliver: Callable[[Job], None], settings: Any, loop: Loop
+) -> Workers:
+    return ProcessWorkers(pool, deliver, loop, settings)
 
 
 def _no_stopper(workers: Workers) -> Stopper | None:
@@ -127,6 +124,7 @@ THREADS = PoolKind(
     settings=ThreadSettings,
     defaults=_thread_defaults,
     start_workers=_start_threads,
+    delivers_on_loop=False,
     stopper=_no_stopper,
     policies=("abandon", "wait"),
     prepare=_as_is,
@@ -139,6 +137,7 @@ PROCESSES = PoolKind(
     settings=ProcessSettings,
     defaults=_process_defaults,
     start_workers=_start_processes,
+    delivers_on_loop=True,
     stopper=_process_stopper,
     policies=("kill", "wait"),
     prepare=_by_reference,
@@ -148,7 +147,7 @@ PROCESSES = PoolKind(
 )
 
 
-def _no_executor(pool: str, deliver: Callable[[Job], None], settings: Any) -> Workers:
+def _no_executor(pool: str, deliver: Callable[[Job], None], settings: Any, loop: Loop) -> Workers:
     raise AssertionError("an executor pool's kind comes from executors(source)")
 
 
@@ -160,6 +159,7 @@ EXECUTORS = PoolKind(
     settings=ExecutorSettings,
     defaults=dict,  # the executor's size: see executors()
     start_workers=_no_executor,
+    delivers_on_loop=False,
     stopper=_executor_stopper,
     policies=("cancel", "wait"),
     prepare=_by_reference,

@@ -169,6 +169,7 @@ class _Pool(Generic[SettingsT]):
             ValueError: a setting is unknown or its value is not valid.
         """
         checked = validate(self._name, self._fields, settings)
+        validate(self._name, self._fields, {**self._explicit, **checked})  # settings together
         with self._lock:
             self._explicit.update(checked)
             explicit = dict(self._explicit)

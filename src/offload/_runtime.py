@@ -121,7 +121,10 @@ class Runtime(Generic[SettingsT]):
         self._call_soon_threadsafe = loop.call_soon_threadsafe
         self._drained: Waiter | None = None
         self._closed: list[Waiter] = []
-        self.workers = kind.start_workers(pool.name, self.post, self.settings)
+        # Workers that the loop drives hand a job back on the loop's thread: straight to
+        # _finish. Others (threads) post it.
+        deliver = self._finish if kind.delivers_on_loop else self.post
+        self.workers = kind.start_workers(pool.name, deliver, self.settings, loop)
         self.stopper = kind.stopper(self.workers)
         self._kills_on_close = kind.kills_on_close
         self._workers_submit = self.workers.submit
@@ -396,8 +399,9 @@ class Runtime(Generic[SettingsT]):
 
     def apply(self, explicit: Mapping[str, object]) -> None:
         """Apply changed explicit settings; runs on this loop's thread."""
-        self.settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
-        self.workers.reconfigure(self.settings)
+        settings = dataclasses.replace(self.base, **explicit)  # type: ignore[arg-type]
+        self.workers.reconfigure(settings)  # may refuse them (ValueError): then nothing changes
+        self.settings = settings
 
     async def aclose(self, loop_ending: bool = False) -> None:
         """Close: turn pending calls away, give running ones ``shutdown_timeout``, stop

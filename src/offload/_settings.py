@@ -17,6 +17,7 @@ __all__ = (
     "OPTIONAL_WHOLE_AT_LEAST_1",
     "SECONDS",
     "WHOLE_AT_LEAST_0",
+    "check_min_workers",
     "PoolSettings",
     "ProcessOptions",
     "ProcessSettings",
@@ -212,12 +213,15 @@ class ProcessSettings(PoolSettings):
     """The settings of a :class:`~offload.ProcessPool`.
 
     Attributes:
+        min_workers: worker processes kept started, even idle (default 0), so that a call
+            never waits for a process to boot; at most ``max_workers``.
         max_tasks_per_worker: a worker process exits after this many calls and a fresh one
             replaces it (``None``, the default: never).
         start_method: how worker processes start: ``forkserver`` (the default where
             available), ``spawn`` or ``fork``.
     """
 
+    min_workers: int = dataclasses.field(default=0, metadata=WHOLE_AT_LEAST_0.meta)
     max_tasks_per_worker: int | None = dataclasses.field(
         default=None, metadata=OPTIONAL_WHOLE_AT_LEAST_1.meta
     )
@@ -253,6 +257,7 @@ class ProcessOptions(TypedDict, total=False):
     max_pending: int | None
     idle_timeout: float
     shutdown_timeout: float
+    min_workers: int
     max_tasks_per_worker: int | None
     start_method: str
     initializer: Callable[..., object] | None
@@ -265,6 +270,21 @@ class ExecutorOptions(TypedDict, total=False):
     max_workers: int
     max_pending: int | None
     shutdown_timeout: float
+
+
+def check_min_workers(min_workers: int, max_workers: int, pool: str | None = None) -> None:
+    """Refuse more processes kept started than a pool may have.
+
+    Raises:
+        ValueError: ``min_workers`` is more than ``max_workers``.
+    """
+    if min_workers > max_workers:
+        where = "" if pool is None else f" for pool {pool!r}"
+        raise ValueError(
+            f"min_workers={min_workers} is more than max_workers={max_workers}{where}: a pool "
+            f"keeps at most max_workers processes started; lower min_workers or raise "
+            f"max_workers"
+        )
 
 
 def setting_of(field: dataclasses.Field[Any]) -> Setting:
@@ -300,6 +320,9 @@ def validate(pool: str, fields: tuple[str, ...], settings: Mapping[str, object])
                 f"{key}={value!r} is not valid for pool {pool!r}: it must be {setting.explain()}"
             ) from None
 
+    if "min_workers" in checked and "max_workers" in checked:
+        check_min_workers(checked["min_workers"], checked["max_workers"], pool)
+
     return checked
 
 
@@ -334,4 +357,7 @@ def resolve(
             ) from None
 
     values.update(explicit)
+    if explicit and "min_workers" in values:
+        check_min_workers(values["min_workers"], values["max_workers"], pool)  # type: ignore[arg-type]
+
     return kind(**values)  # type: ignore[arg-type]
