@@ -35,6 +35,7 @@ from ._child import JOB_NUMBER, PROTOCOL, FunctionRef, RemoteTraceback, child_ma
 from ._exceptions import SerializationError, WorkerCrashed
 from ._job import Job, refuse_awaitable
 from ._options import KILL_GRACE
+from ._preload import preload_worker_modules
 from ._settings import PoolSettings, ProcessSettings
 from ._threads import ThreadWorkers
 
@@ -488,6 +489,7 @@ class ProcessWorkers:
 
     def start_process(self, function: str) -> _Process:
         """Start a worker process and wait until its initializer ran."""
+        preload_worker_modules(self._context)
         process = _Process(self._context, self.pool, self._initializer, self._initargs)
         try:
             process.wait_ready(function)

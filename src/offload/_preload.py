@@ -1,0 +1,34 @@
+"""Worker processes that fork with offload's worker side already imported.
+
+A ``forkserver`` imports the modules of its preload list once, when it starts, and every
+worker forks from it with them in memory. offload adds its worker entry module
+(``offload._child``) to the list, which keeps what is there: ``['__main__']`` by default
+(which preloads the main script only on Python 3.13.8 and later: before, a bug in
+multiprocessing made it a no-op, gh-126631) and what the program set itself. The list only
+counts before the forkserver starts: once it runs (another pool, another library started
+it), it is left alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+from typing import Any
+
+__all__ = ("preload_worker_modules",)
+
+WORKER_MODULES = ("offload._child",)
+
+
+def preload_worker_modules(context: Any) -> None:
+    """Add offload's worker modules to the forkserver's preload list, if it is not running."""
+    if context.get_start_method() != "forkserver":
+        return
+
+    server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return  # started already: its list is fixed
+
+    modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    missing = [name for name in WORKER_MODULES if name not in modules]
+    if missing:
+        context.set_forkserver_preload([*modules, *missing])
