@@ -31,7 +31,8 @@ from collections.abc import Callable, Generator
 from time import perf_counter
 from typing import Any
 
-from ._child import JOB_NUMBER, PROTOCOL, FunctionRef, RemoteTraceback, child_main, describe
+from . import _payloads
+from ._child import JOB_NUMBER, FunctionRef, RemoteTraceback, child_main, describe
 from ._exceptions import SerializationError, WorkerCrashed
 from ._job import Job, refuse_awaitable
 from ._options import KILL_GRACE
@@ -78,13 +79,13 @@ def _dumps_call(job: Job) -> bytes:
     """Pickle a call for the worker, or raise ``SerializationError`` naming the culprit."""
     fn = reference(job.fn)
     try:
-        return pickle.dumps((fn, job.args, job.kwargs), PROTOCOL)
+        return _payloads.dumps_call((fn, job.args, job.kwargs))
     except Exception as exc:  # find the part that failed, to say so
         error = exc
 
     name = job.name
     try:
-        pickle.dumps(fn, PROTOCOL)
+        _payloads.check(fn)
     except Exception as exc:
         raise SerializationError(
             "function",
@@ -98,7 +99,7 @@ def _dumps_call(job: Job) -> bytes:
     parts += [(f"argument {k}=", v) for k, v in job.kwargs.items()]
     for label, value in parts:
         try:
-            pickle.dumps(value, PROTOCOL)
+            _payloads.check(value)
         except Exception as exc:
             raise SerializationError(
                 "argument",
@@ -249,6 +250,7 @@ class _Process:
 
     def close(self) -> None:
         self.closed = True
+        _payloads.sweep_worker(self.pid)  # segments of an answer it never sent
         for conn in (self.conn, self.control):
             try:
                 conn.close()
@@ -338,6 +340,7 @@ class _ProcessRunner:
                 return
         finally:
             running.pop(job, None)
+            _payloads.release(message, JOB_NUMBER.size)  # the arguments' segments
 
         self._read(job, answer)
 
@@ -402,7 +405,7 @@ class _ProcessRunner:
     def _read(self, job: Job, answer: bytes) -> None:
         """Fill in the job's outcome from the worker's answer."""
         try:
-            _, ok, value = pickle.loads(answer)
+            _, ok, value = _payloads.loads_result(answer)
         except Exception as exc:
             job.error = SerializationError(
                 "result",
