@@ -24,9 +24,13 @@ Three workloads (DESIGN.md section 9), each measured for every contender in ever
     a worker; one that cannot kill has its second worker free).
 (g), (h) a 100 MB round trip, ``echo(payload)`` with ``bytes`` and a NumPy float64 array
     (skipped without NumPy): wall time, and the peak memory that the round trip added to
-    this process and to the busiest worker process (Linux: each process's peak RSS,
-    ``VmHWM``, is reset through ``/proc/<pid>/clear_refs`` before the call, and read after
-    it; shared-memory pages count in each process that touches them).
+    this process and to the busiest worker process; and the peak memory of a call that
+    only receives the payload (``size_of(payload)``), made just before. (Linux: each
+    process's peak RSS, ``VmHWM``, is reset through ``/proc/<pid>/clear_refs`` before the
+    call, and read after it; shared-memory pages count in each process that touches them.
+    glibc's malloc is told to give big blocks back at once, ``M_MMAP_THRESHOLD`` = 128 KiB,
+    in this process and, through ``MALLOC_MMAP_THRESHOLD_``, in every worker: else a block
+    freed by an earlier measurement would hide the next one's copies from the peak.)
 
 Contenders: offload (``ProcessPool``), ``loop.run_in_executor(ProcessPoolExecutor)`` (the
 baseline), ``anyio.to_process.run_sync``, loky, pebble and aiomultiprocess, all on the stdlib
@@ -136,6 +140,11 @@ def echo(value: T) -> T:
     return value
 
 
+def size_of(value: Any) -> int:
+    """The payload's size in bytes: a call that only receives it."""
+    return len(value) if isinstance(value, bytes) else int(value.nbytes)
+
+
 def spin_until(path: str, seconds: float) -> int:
     """Write this worker's pid to ``path``, spin for ``seconds``, then touch ``path.done``."""
     pid = os.getpid()
@@ -180,6 +189,10 @@ async def echo_async(value: T) -> T:
     return value
 
 
+async def size_of_async(value: Any) -> int:
+    return size_of(value)
+
+
 ASYNC_VERSIONS: dict[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]] = {
     tiny: tiny_async,
     pause: pause_async,
@@ -187,6 +200,7 @@ ASYNC_VERSIONS: dict[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]
     spin_timed: spin_timed_async,
     spin_until: spin_until_async,
     echo: echo_async,
+    size_of: size_of_async,
 }
 
 
@@ -797,6 +811,18 @@ def _workers() -> list[int]:
     return [pid for pid, state, _ in _descendants() if pid not in helpers and state != "Z"]
 
 
+def _return_big_blocks() -> None:
+    """Make glibc's malloc unmap big blocks when freed, here and in the workers to come."""
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD; a fixed value stops its growth
+    except (OSError, AttributeError):
+        pass  # not glibc: peaks may hide copies that reuse freed memory
+
+
 def _payload(kind: str, config: Config) -> Any:
     size = config.big_mb * 1_000_000
     if kind == "bytes":
@@ -817,32 +843,55 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a.shape == b.shape and a.dtype == b.dtype and (a == b).all())
 
 
-async def _round_trip(setup: Setup, config: Config, kind: str) -> Measurement:
-    """Send a big payload to a worker and back; time it and the peak memory it added."""
-    payload = _payload(kind, config)
+async def _peaks(
+    setup: Setup, fn: Callable[..., Any], payload: Any
+) -> tuple[Any, float, dict[str, Any]]:
+    """Call ``fn(payload)``; return its result, the wall time, and the peak memory it added."""
     gc.collect()
     pids = [os.getpid(), *_workers()]
     baseline = {pid: _status_kb(pid, "VmRSS") for pid in pids}
     peaks_reset = all(_reset_peak(pid) for pid in pids)
     start = time.perf_counter()
-    back = await setup.call(echo, payload)
+    result = await setup.call(fn, payload)
     elapsed = time.perf_counter() - start
-    added = {}
+    added: dict[int, float] = {}
     for pid in pids:
         before, peak = baseline[pid], _status_kb(pid, "VmHWM")
         if before is not None and peak is not None:
             added[pid] = (peak - before) / 1e3  # MB (10**3 kB)
 
-    if not _same(payload, back):
-        raise AssertionError(f"the {kind} payload came back different")
-
     workers = [mb for pid, mb in added.items() if pid != os.getpid()]
-    return Measurement(
-        elapsed * 1e3,
+    return (
+        result,
+        elapsed,
         {
             "parent_peak_mb": added.get(os.getpid()),
             "worker_peak_mb": max(workers) if workers else None,
             "peaks_reset": peaks_reset,
+        },
+    )
+
+
+async def _round_trip(setup: Setup, config: Config, kind: str) -> Measurement:
+    """Send a big payload to a worker (and back); time it and the peak memory it added.
+
+    First the argument alone (``size_of(payload)``), then the round trip (``echo``).
+    """
+    payload = _payload(kind, config)
+    size, _, argument = await _peaks(setup, size_of, payload)
+    if size != config.big_mb * 1_000_000:
+        raise AssertionError(f"the worker saw {size} bytes")
+
+    back, elapsed, trip = await _peaks(setup, echo, payload)
+    if not _same(payload, back):
+        raise AssertionError(f"the {kind} payload came back different")
+
+    return Measurement(
+        elapsed * 1e3,
+        {
+            **trip,
+            "argument_parent_peak_mb": argument["parent_peak_mb"],
+            "argument_worker_peak_mb": argument["worker_peak_mb"],
             "payload_mb": config.big_mb,
         },
     )
@@ -1059,10 +1108,11 @@ def print_table(
         )
 
     if workload.key in "gh":
-        header += ["parent +MB", "worker +MB"]
+        header += ["parent +MB", "worker +MB", "arg only: parent", "worker"]
         print(
             "   +MB: the peak RSS (VmHWM) that the round trip added, median, to this process "
-            "and to the busiest worker; the payload itself existed before"
+            "and to the busiest worker; the payload itself existed before. arg only: the same "
+            "for a call that only receives the payload (size_of(payload))"
         )
 
     if workload.key == "b":
@@ -1102,7 +1152,12 @@ def print_table(
             line.append("yes" if killed == len(mine) else f"{killed}/{len(mine)}")
 
         if workload.key in "gh":
-            for field in ("parent_peak_mb", "worker_peak_mb"):
+            for field in (
+                "parent_peak_mb",
+                "worker_peak_mb",
+                "argument_parent_peak_mb",
+                "argument_worker_peak_mb",
+            ):
                 got = [s.extra[field] for s in mine if s.extra[field] is not None]
                 line.append(f"{_median(got):,.0f}" if got else "-")
 
@@ -1321,6 +1376,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _return_big_blocks()
     if args.cold_child:
         return cold_child(args.cold_child)
 
