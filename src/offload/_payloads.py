@@ -47,7 +47,6 @@ import os
 import pickle
 import struct
 import sys
-from multiprocessing import resource_tracker
 from typing import Any
 
 __all__ = (
@@ -85,6 +84,13 @@ _SCAN_DEPTH = 3
 
 # The C module behind ``SharedMemory`` on POSIX: create, open and unlink by name.
 _posixshmem: Any = importlib.import_module("_posixshmem") if ENABLED else None
+
+
+def _tracker() -> Any:
+    # Imported when a first segment is made: most programs never make one.
+    from multiprocessing import resource_tracker
+
+    return resource_tracker
 
 
 # -- bytes, bytearray and memoryview: out-of-band by wrapping ---------------------------------
@@ -177,11 +183,12 @@ def _name(parent: int, creator: int) -> str:
 
 def _create(name: str, size: int) -> mmap.mmap:
     """Create segment ``name`` of ``size`` bytes and map it; registered before it exists."""
-    resource_tracker.register(name, "shared_memory")
+    tracker = _tracker()
+    tracker.register(name, "shared_memory")
     try:
         fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
     except BaseException:
-        resource_tracker.unregister(name, "shared_memory")
+        tracker.unregister(name, "shared_memory")
         raise
 
     try:
@@ -209,7 +216,7 @@ def _unlink(name: str) -> None:
     except FileNotFoundError:
         return  # someone removed it already, and unregistered it then
 
-    resource_tracker.unregister(name, "shared_memory")
+    _tracker().unregister(name, "shared_memory")
 
 
 # -- the public surface -----------------------------------------------------------------------

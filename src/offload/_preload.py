@@ -11,7 +11,6 @@ it), it is left alone.
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
 from typing import Any
 
 __all__ = ("preload_worker_modules",)
@@ -23,6 +22,8 @@ def preload_worker_modules(context: Any) -> None:
     """Add offload's worker modules to the forkserver's preload list, if it is not running."""
     if context.get_start_method() != "forkserver":
         return
+
+    import multiprocessing.forkserver
 
     server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", None) is not None:
