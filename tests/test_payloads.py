@@ -5,6 +5,9 @@ from __future__ import annotations
 import array
 import importlib
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -345,6 +348,51 @@ def crash_once_then_echo(marker: str, value: bytes) -> bytes:
         os._exit(9)
 
     return value
+
+
+class TestResourceTracker:
+    """Workers and their parent share one resource tracker, which has nothing to say."""
+
+    @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+    def test_no_tracker_complaints(self, tmp_path: Path, start_method: str) -> None:
+        """A program whose worker returns big results (and gets only small arguments) exits
+        without a word from the resource tracker, and leaves no segment."""
+        script = tmp_path / "results.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import asyncio
+                import os
+
+                import offload
+
+
+                def make(n: int) -> bytes:
+                    return b"x" * n
+
+
+                async def main() -> None:
+                    pool = offload.ProcessPool("results", max_workers=1,
+                                               start_method={start_method!r})
+                    async with pool:
+                        for _ in range(3):
+                            assert len(await pool.call(make, {BIG})) == {BIG}
+
+                    start = f"offload_{{os.getpid()}}_"
+                    print([n for n in os.listdir("/dev/shm") if n.startswith(start)])
+
+
+                if __name__ == "__main__":
+                    asyncio.run(main())
+                """
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "[]"
+        assert "resource_tracker" not in done.stderr
 
 
 # -- randomised: kills, timeouts and crashes with big payloads --------------------------------

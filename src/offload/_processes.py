@@ -36,7 +36,7 @@ from ._child import JOB_NUMBER, FunctionRef, RemoteTraceback, child_main, descri
 from ._exceptions import SerializationError, WorkerCrashed
 from ._job import Job, refuse_awaitable
 from ._options import KILL_GRACE
-from ._preload import preload_worker_modules
+from ._preload import before_worker_start
 from ._settings import PoolSettings, ProcessSettings
 from ._threads import ThreadWorkers
 
@@ -492,7 +492,7 @@ class ProcessWorkers:
 
     def start_process(self, function: str) -> _Process:
         """Start a worker process and wait until its initializer ran."""
-        preload_worker_modules(self._context)
+        before_worker_start(self._context)
         process = _Process(self._context, self.pool, self._initializer, self._initargs)
         try:
             process.wait_ready(function)
