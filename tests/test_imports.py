@@ -38,6 +38,21 @@ class TestImportOffload:
         assert "offload" in modules
         assert heavy(modules) == []
 
+    def test_no_asyncio_of_its_own(self) -> None:
+        """``import offload`` imports asyncio only if anyio does (a trio program needs none)."""
+        code = (
+            "import json, sys, anyio\n"
+            "by_anyio = 'asyncio' in sys.modules\n"
+            "import offload\n"
+            "print(json.dumps([by_anyio, 'asyncio' in sys.modules]))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        by_anyio, after_offload = json.loads(done.stdout)
+        assert after_offload == by_anyio
+
     def test_monitor_loads_on_first_use(self) -> None:
         """The monitor loads when first used, and its names read ``offload.X``."""
         code = (
