@@ -2,7 +2,9 @@
 
 * **The forkserver's preload list.** A ``forkserver`` imports the modules of its preload
   list once, when it starts, and every worker forks from it with them in memory. offload
-  adds its worker entry module (``offload._child``) to the list, which keeps what is there:
+  adds its worker entry module (``offload._child``) to the list, and the event-loop library
+  that the program imported (asyncio, trio: a worker that imports the main script again
+  imports it too, and offload itself no longer does), keeping what the list holds:
   ``['__main__']`` by default (which preloads the main script only on Python 3.13.8 and
   later: before, a bug in multiprocessing made it a no-op, gh-126631) and what the program
   set itself. The list only counts before the forkserver starts: once it runs (another
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from . import _payloads
@@ -23,6 +26,7 @@ from . import _payloads
 __all__ = ("before_worker_start",)
 
 WORKER_MODULES = ("offload._child",)
+LOOP_MODULES = ("asyncio", "trio")  # preloaded when the program imported them
 
 
 def before_worker_start(context: Any) -> None:
@@ -45,6 +49,7 @@ def _preload_worker_modules(context: Any) -> None:
         return  # started already: its list is fixed
 
     modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    missing = [name for name in WORKER_MODULES if name not in modules]
+    wanted = [*WORKER_MODULES, *(name for name in LOOP_MODULES if name in sys.modules)]
+    missing = [name for name in wanted if name not in modules]
     if missing:
         context.set_forkserver_preload([*modules, *missing])
