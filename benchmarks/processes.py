@@ -12,6 +12,25 @@ Three workloads (DESIGN.md section 9), each measured for every contender in ever
     the CPU is free (the worker process is dead, or it finished the call). Peers that cannot
     kill a running call keep a worker busy until the call ends; for them the loop is capped
     at 3 s so the benchmark finishes, and the table says so.
+(d) the first call on a cold pool: from making the pool (no worker process started yet) to
+    the first result of ``tiny(1)``, in this process, where the forkserver (and every
+    library's imports) are up since the warm-up pass.
+(e) the same in a fresh interpreter (``python processes.py --cold-child KEY``) where no
+    forkserver runs yet: the libraries are imported first (not timed), then the clock runs
+    from making the pool to the first result, forkserver's and resource tracker's start
+    included.
+(f) the next call after a kill: cancel a running call as in (c), and time the next
+    ``tiny(1)`` made as soon as the awaiter has control back (a pool that kills must start
+    a worker; one that cannot kill has its second worker free).
+(g), (h) a 100 MB round trip, ``echo(payload)`` with ``bytes`` and a NumPy float64 array
+    (skipped without NumPy): wall time, and the peak memory that the round trip added to
+    this process and to the busiest worker process; and the peak memory of a call that
+    only receives the payload (``size_of(payload)``), made just before. (Linux: each
+    process's peak RSS, ``VmHWM``, is reset through ``/proc/<pid>/clear_refs`` before the
+    call, and read after it; shared-memory pages count in each process that touches them.
+    glibc's malloc is told to give big blocks back at once, ``M_MMAP_THRESHOLD`` = 128 KiB,
+    in this process and, through ``MALLOC_MMAP_THRESHOLD_``, in every worker: else a block
+    freed by an earlier measurement would hide the next one's copies from the peak.)
 
 Contenders: offload (``ProcessPool``), ``loop.run_in_executor(ProcessPoolExecutor)`` (the
 baseline), ``anyio.to_process.run_sync``, loky, pebble and aiomultiprocess, all on the stdlib
@@ -119,6 +138,15 @@ def spin_timed(n: int) -> float:
     return time.perf_counter() - start
 
 
+def echo(value: T) -> T:
+    return value
+
+
+def size_of(value: Any) -> int:
+    """The payload's size in bytes: a call that only receives it."""
+    return len(value) if isinstance(value, bytes) else int(value.nbytes)
+
+
 def spin_until(path: str, seconds: float) -> int:
     """Write this worker's pid to ``path``, spin for ``seconds``, then touch ``path.done``."""
     pid = os.getpid()
@@ -159,12 +187,22 @@ async def spin_until_async(path: str, seconds: float) -> int:
     return spin_until(path, seconds)
 
 
+async def echo_async(value: T) -> T:
+    return value
+
+
+async def size_of_async(value: Any) -> int:
+    return size_of(value)
+
+
 ASYNC_VERSIONS: dict[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]] = {
     tiny: tiny_async,
     pause: pause_async,
     spin: spin_async,
     spin_timed: spin_timed_async,
     spin_until: spin_until_async,
+    echo: echo_async,
+    size_of: size_of_async,
 }
 
 
@@ -350,7 +388,7 @@ class Contender:
     family: str  # "asyncio" or "trio"
     module: str | None  # must be importable, or the contender is skipped
     setup: Callable[[], Awaitable[Setup]]
-    workloads: str = "abc"
+    workloads: str = "abcdefgh"
 
 
 async def _noop() -> None:
@@ -612,6 +650,7 @@ class Config:
     spin_n: int  # (b): iterations of spin() for about cpu_seconds, calibrated at the start
     cap: float  # (c): seconds the call spins for contenders that cannot kill it
     tmpdir: str  # (c): where workers write their pid
+    big_mb: int = 100  # (g), (h): the payload's size in MB (10**6 bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -639,6 +678,34 @@ def workloads(config: Config) -> tuple[Workload, ...]:
             "c",
             f"(c) cancel a running call (a busy loop of {KILL_SPIN:g} s) by cancelling its "
             "awaiting task",
+            "ms",
+        ),
+        Workload(
+            "d",
+            "(d) the first call on a cold pool (no worker started; forkserver already up): "
+            "from making the pool to the first result",
+            "ms",
+        ),
+        Workload(
+            "e",
+            "(e) the first call on a cold pool in a fresh interpreter (no forkserver yet; "
+            "imports done): from making the pool to the first result",
+            "ms",
+        ),
+        Workload(
+            "f",
+            "(f) the next call after a kill: tiny(1) made as soon as a cancelled call's "
+            "awaiter has control back",
+            "ms",
+        ),
+        Workload(
+            "g",
+            f"(g) a {config.big_mb} MB round trip, echo(bytes): wall time",
+            "ms",
+        ),
+        Workload(
+            "h",
+            f"(h) a {config.big_mb} MB round trip, echo(numpy float64 array): wall time",
             "ms",
         ),
     )
@@ -727,8 +794,9 @@ def _ideal(config: Config) -> float:
     return math.ceil(config.cpu_calls / WORKERS) * config.cpu_seconds
 
 
-async def _cancel(setup: Setup, config: Config, name: str) -> Measurement:
-    """Cancel a running call; time control back and CPU free."""
+async def _cancel(setup: Setup, config: Config, name: str, then_call: bool = False) -> Measurement:
+    """Cancel a running call; time control back and CPU free (``then_call``: and the next
+    call, made as soon as control is back)."""
     path = os.path.join(config.tmpdir, f"{name}.pid")
     seconds = KILL_SPIN if setup.kills else config.cap
     back = 0.0
@@ -764,6 +832,14 @@ async def _cancel(setup: Setup, config: Config, name: str) -> Measurement:
     if not back:
         raise RuntimeError("the awaiter was not cancelled (the call finished first?)")
 
+    next_ms = 0.0
+    if then_call:
+        start = time.perf_counter()
+        if await setup.call(tiny, 1) != 2:
+            raise AssertionError("the pool gave a wrong answer after the cancellation")
+
+        next_ms = (time.perf_counter() - start) * 1e3
+
     # The CPU is free when the worker is dead (gone, or a zombie) or has finished the call.
     deadline = time.monotonic() + seconds + 10.0
     while not (_dead(pid) or _finished(path)):
@@ -779,14 +855,176 @@ async def _cancel(setup: Setup, config: Config, name: str) -> Measurement:
         raise AssertionError("the pool gave a wrong answer after the cancellation")
 
     return Measurement(
-        (back - cancelled) * 1e3,
+        next_ms if then_call else (back - cancelled) * 1e3,
         {
+            "back_ms": (back - cancelled) * 1e3,
             "cpu_free_ms": (free - cancelled) * 1e3,
             "killed": killed,
             "spin_s": seconds,
             "can_kill": setup.kills,
         },
     )
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    """A ``/proc/<pid>/status`` field in kB (``VmHWM``, ``VmRSS``), or None."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as file:
+            for line in file:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+
+    return None
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset ``pid``'s peak RSS to its current RSS (Linux 4.0+); False where it cannot."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as file:
+            file.write("5")
+    except OSError:
+        return False
+
+    return True
+
+
+def _workers() -> list[int]:
+    helpers = _helpers()
+    return [pid for pid, state, _ in _descendants() if pid not in helpers and state != "Z"]
+
+
+def _return_big_blocks() -> None:
+    """Make glibc's malloc unmap big blocks when freed, here and in the workers to come."""
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD; a fixed value stops its growth
+    except (OSError, AttributeError):
+        pass  # not glibc: peaks may hide copies that reuse freed memory
+
+
+def _payload(kind: str, config: Config) -> Any:
+    size = config.big_mb * 1_000_000
+    if kind == "bytes":
+        return b"\x01" * size  # written, so its pages count before the clock starts
+
+    import numpy
+
+    return numpy.ones(size // 8)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+
+    if isinstance(a, bytes):
+        return a == b
+
+    return bool(a.shape == b.shape and a.dtype == b.dtype and (a == b).all())
+
+
+async def _peaks(
+    setup: Setup, fn: Callable[..., Any], payload: Any
+) -> tuple[Any, float, dict[str, Any]]:
+    """Call ``fn(payload)``; return its result, the wall time, and the peak memory it added."""
+    gc.collect()
+    pids = [os.getpid(), *_workers()]
+    baseline = {pid: _status_kb(pid, "VmRSS") for pid in pids}
+    peaks_reset = all(_reset_peak(pid) for pid in pids)
+    start = time.perf_counter()
+    result = await setup.call(fn, payload)
+    elapsed = time.perf_counter() - start
+    added: dict[int, float] = {}
+    for pid in pids:
+        before, peak = baseline[pid], _status_kb(pid, "VmHWM")
+        if before is not None and peak is not None:
+            added[pid] = (peak - before) / 1e3  # MB (10**3 kB)
+
+    workers = [mb for pid, mb in added.items() if pid != os.getpid()]
+    return (
+        result,
+        elapsed,
+        {
+            "parent_peak_mb": added.get(os.getpid()),
+            "worker_peak_mb": max(workers) if workers else None,
+            "peaks_reset": peaks_reset,
+        },
+    )
+
+
+async def _round_trip(setup: Setup, config: Config, kind: str) -> Measurement:
+    """Send a big payload to a worker (and back); time it and the peak memory it added.
+
+    First the argument alone (``size_of(payload)``), then the round trip (``echo``).
+    """
+    payload = _payload(kind, config)
+    size, _, argument = await _peaks(setup, size_of, payload)
+    if size != config.big_mb * 1_000_000:
+        raise AssertionError(f"the worker saw {size} bytes")
+
+    back, elapsed, trip = await _peaks(setup, echo, payload)
+    if not _same(payload, back):
+        raise AssertionError(f"the {kind} payload came back different")
+
+    return Measurement(
+        elapsed * 1e3,
+        {
+            **trip,
+            "argument_parent_peak_mb": argument["parent_peak_mb"],
+            "argument_worker_peak_mb": argument["worker_peak_mb"],
+            "payload_mb": config.big_mb,
+        },
+    )
+
+
+async def _first_call(contender: Contender) -> tuple[Measurement, Setup]:
+    """Make the contender's pool and time it up to the first result of ``tiny(1)``."""
+    gc.collect()
+    start = time.perf_counter()
+    setup = await contender.setup()
+    if await setup.call(tiny, 1) != 2:
+        raise AssertionError("tiny(1) returned a wrong answer")
+
+    return Measurement((time.perf_counter() - start) * 1e3, {}), setup
+
+
+def _fresh_interpreter(contender: Contender) -> Measurement:
+    """(e): run ``--cold-child`` in a new interpreter and read its figure."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--cold-child", contender.key],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"--cold-child {contender.key} failed: {done.stderr[-500:]}")
+
+    data = json.loads(lines[-1])
+    return Measurement(data["ms"], {"left_in_child": data["left"]})
+
+
+def cold_child(key: str) -> int:
+    """(e), in the fresh interpreter: the first call, with no forkserver running yet."""
+    contender = next(c for c in CONTENDERS if c.key == key)
+    if contender.module is not None:
+        importlib.import_module(contender.module)  # imports are not what (e) times
+
+    async def main() -> float:
+        result, setup = await _first_call(contender)
+        await setup.close()
+        return result.value
+
+    ms = run(contender.family, main)
+    print(json.dumps({"ms": ms, "left": _wait_no_processes(LEAK_WAIT)}))
+    return 0
 
 
 # -- one measurement ---------------------------------------------------------------------------
@@ -813,6 +1051,15 @@ def measure(workload: Workload, contender: Contender, round_: int, config: Confi
     family = contender.family
 
     async def main() -> tuple[Measurement, Setup, int, dict[str, Any] | None]:
+        if workload.key == "d":
+            result, setup = await _first_call(contender)
+            try:
+                stats = setup.stats() if setup.stats is not None else None
+            finally:
+                await setup.close()
+
+            return result, setup, WORKERS, stats
+
         setup = await contender.setup()
         try:
             seen = await _warm(family, setup, config)
@@ -820,15 +1067,34 @@ def measure(workload: Workload, contender: Contender, round_: int, config: Confi
                 result = await _small_calls(family, setup, config)
             elif workload.key == "b":
                 result = await _cpu_calls(family, setup, config)
-            else:
+            elif workload.key in "cf":
                 name = f"{contender.key}-{round_}-{next(_counter)}"
-                result = await _cancel(setup, config, name)
+                result = await _cancel(setup, config, name, then_call=workload.key == "f")
+            else:
+                result = await _round_trip(
+                    setup, config, "bytes" if workload.key == "g" else "numpy"
+                )
 
             stats = setup.stats() if setup.stats is not None else None
         finally:
             await setup.close()
 
         return result, setup, seen, stats
+
+    if workload.key == "e":
+        result = _fresh_interpreter(contender)
+        return Sample(
+            workload=workload.key,
+            contender=contender.key,
+            round=round_,
+            value=result.value,
+            extra=result.extra,
+            how="a fresh interpreter: python processes.py --cold-child " + contender.key,
+            kills=False,
+            workers_seen=WORKERS,
+            stats=None,
+            left=result.extra["left_in_child"] + _wait_no_processes(LEAK_WAIT),
+        )
 
     result, setup, seen, stats = run(family, main)
     return Sample(
@@ -918,6 +1184,21 @@ def print_table(
             "on 2 cores it competes with the workers"
         )
 
+    if workload.key == "f":
+        header.append("kills")
+        print(
+            "   kills: the cancelled call's worker was killed (a pool that cannot kill runs "
+            "the next call on its other worker)"
+        )
+
+    if workload.key in "gh":
+        header += ["parent +MB", "worker +MB", "arg only: parent", "worker"]
+        print(
+            "   +MB: the peak RSS (VmHWM) that the round trip added, median, to this process "
+            "and to the busiest worker; the payload itself existed before. arg only: the same "
+            "for a call that only receives the payload (size_of(payload))"
+        )
+
     if workload.key == "b":
         header += ["x ideal", "s/call in worker", "workers busy", "parent CPU ms"]
         print(
@@ -949,6 +1230,20 @@ def print_table(
         ]
         if workload.key == "a":
             line.append(f"{_median([s.extra['parent_cpu_us_per_call'] for s in mine]):.1f}")
+
+        if workload.key == "f":
+            killed = sum(1 for s in mine if s.extra["killed"])
+            line.append("yes" if killed == len(mine) else f"{killed}/{len(mine)}")
+
+        if workload.key in "gh":
+            for field in (
+                "parent_peak_mb",
+                "worker_peak_mb",
+                "argument_parent_peak_mb",
+                "argument_worker_peak_mb",
+            ):
+                got = [s.extra[field] for s in mine if s.extra[field] is not None]
+                line.append(f"{_median(got):,.0f}" if got else "-")
 
         if workload.key == "b":
             per_call = [t for s in mine for t in s.extra["in_worker_s"]]
@@ -1147,6 +1442,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "minute",
     )
     parser.add_argument("--json", metavar="FILE", help="write every raw number to FILE")
+    parser.add_argument(
+        "--workloads",
+        default="abcdefgh",
+        help="which workloads to run, by letter (default abcdefgh: all)",
+    )
+    parser.add_argument("--cold-child", metavar="KEY", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
@@ -1159,6 +1460,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _return_big_blocks()
+    if args.cold_child:
+        return cold_child(args.cold_child)
+
     rounds: int = args.rounds
     quick: bool = args.quick
     notes: list[str] = []
@@ -1214,8 +1519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             spin_n=spin_n,
             cap=1.0 if quick else 3.0,
             tmpdir=tmpdir,
+            big_mb=20 if quick else 100,
         )
-        loads = workloads(config)
+        loads = tuple(w for w in workloads(config) if w.key in args.workloads)
+        if "h" in args.workloads and _missing("numpy") is not None:
+            notes.append("(h) skipped: numpy is not installed")
+            print(f"note: {notes[-1]}")
+            loads = tuple(w for w in loads if w.key != "h")
+
         samples: list[Sample] = []
         failures: list[str] = []
         began = time.perf_counter()

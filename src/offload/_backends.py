@@ -8,16 +8,17 @@ uvloop), ``wait_task_rescheduled`` and ``TrioToken.run_sync_soon`` on trio.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 __all__ = ("CANCELLED", "Loop", "Waiter", "current_loop")
 
 if TYPE_CHECKING:
+    import asyncio
+
     import trio
 
 
@@ -243,20 +244,20 @@ def _trio() -> Any:
 CANCELLED = -math.inf  # the effective deadline inside a cancelled scope
 
 
-_get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
-
-
 def current_key() -> object:
     """Return the identity of the running loop: an asyncio loop or a ``TrioToken``.
 
     Raises:
         RuntimeError: no asyncio, uvloop or trio loop runs in this thread.
     """
-    loop = _get_running_loop()
-    # In trio's guest mode an asyncio loop runs too, but no asyncio task does.
-    if loop is not None and _current_task(loop) is not None:
-        return loop
+    # asyncio is not imported here (nor by ``import offload``): where no one imported it, no
+    # asyncio loop runs.
+    aio = sys.modules.get("asyncio")
+    if aio is not None:
+        loop = aio._get_running_loop()
+        # In trio's guest mode an asyncio loop runs too, but no asyncio task does.
+        if loop is not None and aio.current_task(loop) is not None:
+            return loop
 
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
@@ -281,7 +282,8 @@ def current_loop(key: object) -> Loop:
     import anyio.lowlevel
 
     token = anyio.lowlevel.current_token()  # imports anyio's backend for this loop, now
-    if isinstance(key, asyncio.AbstractEventLoop):
-        return _AsyncioLoop(key, token)
+    aio = sys.modules.get("asyncio")
+    if aio is not None and isinstance(key, aio.AbstractEventLoop):
+        return _AsyncioLoop(cast("asyncio.AbstractEventLoop", key), token)
 
     return _TrioLoop(key)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, cast
 
+from . import _payloads
 from ._exceptions import SerializationError
 from ._job import ProcessCallState, refuse_awaitable
 
@@ -100,7 +101,7 @@ def _watch_control(control: multiprocessing.connection.Connection) -> None:
 def _pack_outcome(number: int, ok: bool, value: Any, name: str) -> bytes:
     """Pickle a call's outcome; what cannot be pickled is replaced by an error saying so."""
     try:
-        return pickle.dumps((number, ok, value), PROTOCOL)
+        return _payloads.dumps_result((number, ok, value))
     except Exception as exc:
         if ok:
             error: BaseException = SerializationError(
@@ -154,7 +155,7 @@ def child_main(
         name = "call"
         ProcessCallState.current = number
         try:
-            ref, args, kwargs = pickle.loads(payload)
+            ref, args, kwargs = _payloads.loads_call(payload)
             fn = ref.resolve() if isinstance(ref, FunctionRef) else ref
             name = getattr(fn, "__qualname__", name)
             result = fn(*args, **kwargs)

@@ -45,10 +45,12 @@ from queue import SimpleQueue
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._child import JOB_NUMBER, PROTOCOL, FunctionRef, RemoteTraceback, child_main, describe
+from . import _payloads
+from ._child import JOB_NUMBER, FunctionRef, RemoteTraceback, child_main, describe
 from ._exceptions import SerializationError, WorkerCrashed
 from ._job import Job, refuse_awaitable
 from ._options import KILL_GRACE
+from ._preload import before_worker_start
 from ._queue import JobQueue
 from ._settings import PoolSettings, ProcessSettings, check_min_workers
 
@@ -94,13 +96,13 @@ def _dumps_call(job: Job) -> bytes:
     """Pickle a call for the worker, or raise ``SerializationError`` naming the culprit."""
     fn = reference(job.fn)
     try:
-        return pickle.dumps((fn, job.args, job.kwargs), PROTOCOL)
+        return _payloads.dumps_call((fn, job.args, job.kwargs))
     except Exception as exc:  # find the part that failed, to say so
         error = exc
 
     name = job.name
     try:
-        pickle.dumps(fn, PROTOCOL)
+        _payloads.check(fn)
     except Exception as exc:
         raise SerializationError(
             "function",
@@ -114,7 +116,7 @@ def _dumps_call(job: Job) -> bytes:
     parts += [(f"argument {k}=", v) for k, v in job.kwargs.items()]
     for label, value in parts:
         try:
-            pickle.dumps(value, PROTOCOL)
+            _payloads.check(value)
         except Exception as exc:
             raise SerializationError(
                 "argument",
@@ -187,7 +189,7 @@ def _frame(payload_size: int) -> bytes:
 def _read(job: Job, answer: bytes) -> None:
     """Fill in the job's outcome from the worker's answer."""
     try:
-        _, ok, value = pickle.loads(answer)
+        _, ok, value = _payloads.loads_result(answer)
     except Exception as exc:
         job.error = SerializationError(
             "result",
@@ -252,6 +254,7 @@ class _Process:
         "process",
         "ready",
         "reading",
+        "segments",
         "writer",
     )
 
@@ -265,6 +268,7 @@ class _Process:
         self.job: Job | None = None  # the call it runs (or will run once ready)
         self.number = 0  # that call's number, once sent
         self.payload = b""  # that call, pickled, until it is sent
+        self.segments: tuple[str, ...] = ()  # the shared memory of its arguments, if any
         self.calls = 0
         self.doomed = False  # killed or retiring: it takes no more calls
         self.killed = False  # SIGTERM was sent
@@ -365,6 +369,7 @@ class _Process:
 
     def reaped(self) -> None:
         self.gone = True
+        _payloads.sweep_worker(self.pid)  # segments of an answer it never sent
         try:
             self.process.close()
         except ValueError:  # pragma: no cover - it is reaped: close() does not refuse
@@ -513,6 +518,7 @@ class ProcessWorkers:
 
             process.job = job
             process.payload = payload
+            process.segments = _payloads.segment_names(payload)
             self.running[job] = process
             if process.ready:
                 self._send(process, job)
@@ -574,6 +580,9 @@ class ProcessWorkers:
         """A job whose caller left while its process started: free the process."""
         self.running.pop(job, None)
         process.job = None
+        if process.segments:  # the call is over here (a retry pickles it again)
+            _payloads.release(process.segments)
+            process.segments = ()
         with self.queue.lock:
             self.queue.busy -= 1
 
@@ -602,6 +611,9 @@ class ProcessWorkers:
         self._tries.pop(job, None)
         self._terminated.pop(job, None)
         process.job = None
+        if process.segments:  # the call is over here (a retry pickles it again)
+            _payloads.release(process.segments)
+            process.segments = ()
         with self.queue.lock:
             self.queue.busy -= 1
 
@@ -681,6 +693,7 @@ class ProcessWorkers:
 
         error: BaseException | None = None
         try:
+            before_worker_start(context)
             process.spawn(context, self.pool, initializer, initargs)
         except BaseException as exc:
             error = exc
@@ -908,6 +921,9 @@ class ProcessWorkers:
         # Back to the head of the queue, keeping its place: a fresh process takes it next.
         self.running.pop(job, None)
         process.job = None
+        if process.segments:  # the call is over here (a retry pickles it again)
+            _payloads.release(process.segments)
+            process.segments = ()
         queue = self.queue
         with queue.lock:
             queue.busy -= 1
@@ -1003,6 +1019,9 @@ class ProcessWorkers:
 
         for process in processes:
             process.stop()
+            if process.segments:
+                _payloads.release(process.segments)
+                process.segments = ()
 
         self._processes.clear()
         self._idle.clear()
