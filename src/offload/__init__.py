@@ -13,6 +13,7 @@ from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._job import cancelled as cancelled
+from ._map import MapIterator as MapIterator
 from ._monitor import BlockingEvent as BlockingEvent
 from ._monitor import BlockingKind as BlockingKind
 from ._monitor import Monitor as Monitor
@@ -49,6 +50,7 @@ __all__ = (
     "BlockingEvent",
     "BlockingKind",
     "CancelPolicy",
+    "MapIterator",
     "Monitor",
     "OffloadError",
     "Overloaded",
