@@ -510,6 +510,18 @@ class TestStopping:
         stats = pool.stats()
         assert (stats.submitted, stats.cancelled, items.read) == (2, 2, 2)
 
+    async def test_consumer_cancelled_already_reads_nothing(self, make_pool: MakePool) -> None:
+        """A consumer whose scope is cancelled already reads no item and starts no call."""
+        pool = make_pool()
+        items = Counting(10)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async for _ in pool.map(double, items):
+                pytest.fail("a cancelled consumer got a result")
+
+        assert scope.cancelled_caught
+        assert (items.read, pool.stats().submitted) == (0, 0)
+
     async def test_stats_hold_while_stopping(self, make_pool: MakePool, tmp_path: Path) -> None:
         """At every point ``submitted`` is the outcomes plus the calls in flight."""
         pool = make_pool(max_workers=2)

@@ -139,6 +139,7 @@ class _Calls:
         "runner",
         "runner_done",
         "scope",
+        "stopping",
         "task_group",
         "wakeup",
         "window",
@@ -163,6 +164,7 @@ class _Calls:
         self.wakeup: anyio.Event | None = None  # set when the consumer's next result is in
         self.task_group: anyio.abc.TaskGroup | None = None
         self.scope: anyio.CancelScope | None = None
+        self.stopping = False
         self.runner_done = anyio.Event()
         self.runner: object = None  # the runner task (asyncio keeps only weak references)
 
@@ -187,6 +189,9 @@ class _Calls:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
                 self.scope = tg.cancel_scope
+                if self.stopping:  # stopped before the task group was open
+                    tg.cancel_scope.cancel()
+
                 ready.set()
                 await anyio.sleep_forever()
         except BaseException:  # the loop's run ends: each call had its outcome
@@ -232,6 +237,7 @@ class _Calls:
 
     async def stop(self) -> None:
         """Cancel the calls still in flight and wait until each has its outcome."""
+        self.stopping = True
         self.window.clear()
         self.ready.clear()
         wakeup = self.wakeup
