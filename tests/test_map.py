@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import time
@@ -113,6 +114,13 @@ def times_out(item: int) -> int:
         _wait_for(lambda: False)
 
     return item
+
+
+request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+
+def current_request(item: int) -> str:
+    return f"{request.get()} {item}"
 
 
 # -- helpers on the loop's side -----------------------------------------------------------------
@@ -561,6 +569,12 @@ class TestFunctions:
 
         assert got == [0]
         await until(lambda: _decorated_pool.stats().busy == 0)
+
+    async def test_threads_see_the_consumers_context(self) -> None:
+        """In a thread pool, each item's call sees a copy of the consumer's contextvars."""
+        request.set("r-1")
+        results = [r async for r in new_pool().map(current_request, range(3))]
+        assert results == ["r-1 0", "r-1 1", "r-1 2"]
 
     def test_function_of_another_pool_is_refused(self) -> None:
         """A function decorated for another pool is a ``TypeError`` naming that pool."""
