@@ -530,6 +530,20 @@ class TestStopping:
         assert scope.cancelled_caught
         assert (items.read, pool.stats().submitted) == (0, 0)
 
+    async def test_two_consumers_are_refused(self, make_pool: MakePool, tmp_path: Path) -> None:
+        """A second task asking for a result while one waits gets a ``RuntimeError``."""
+        pool = make_pool(max_workers=1)
+        async with pool.map(functools.partial(hold, tmp_path), range(5)) as results:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(results.__anext__)
+                await until(lambda: len(started(tmp_path)) == 1, "one call started")
+                with pytest.raises(RuntimeError, match="another task is already waiting"):
+                    await results.__anext__()
+
+                announce(tmp_path / "open", "open")
+
+            assert await results.__anext__() == 1
+
     async def test_stats_hold_while_stopping(self, make_pool: MakePool, tmp_path: Path) -> None:
         """At every point ``submitted`` is the outcomes plus the calls in flight."""
         pool = make_pool(max_workers=2)

@@ -272,6 +272,7 @@ class MapIterator(Generic[R]):
     __slots__ = (
         "__weakref__",
         "_async_source",
+        "_busy",
         "_calls",
         "_cancel",
         "_closed",
@@ -310,6 +311,7 @@ class MapIterator(Generic[R]):
         self._calls = _Calls(pool, target, options, args, ordered)
         self._outstanding = 0  # items read from the input whose result was not taken yet
         self._reading = False  # the consumer is inside the input's __anext__
+        self._busy = False  # a task is inside __anext__
         self._cancel: Callable[[Callable[[], object]], object] | None = None
         self._closed = False
 
@@ -331,6 +333,19 @@ class MapIterator(Generic[R]):
         if self._closed:
             raise StopAsyncIteration
 
+        if self._busy:
+            raise RuntimeError(
+                "another task is already waiting for this map's next result: take the results "
+                "in one task (and hand them on, e.g. through an anyio memory object stream)"
+            )
+
+        self._busy = True
+        try:
+            return await self._next()
+        finally:
+            self._busy = False
+
+    async def _next(self) -> R:
         try:
             if self._cancel is None:
                 await self._start()
