@@ -3,10 +3,12 @@
 100,000 calls of a function that returns at once, so what is measured is what it costs to
 get each item to a thread and its result back, and what is held in memory meanwhile:
 
-* ``offload map``: ``[r async for r in offload.thread.map(fn, range(N))]``, the default
-  window (the pool's ``max_workers``), and again with ``max_in_flight=256``;
+* ``offload map``: ``async for r in offload.thread.map(fn, range(N))``, each result used as
+  it comes (counted), with the default window (the pool's ``max_workers``), and again with
+  ``max_in_flight=256``;
 * ``gather(run_in_executor)``: ``await asyncio.gather(*(loop.run_in_executor(None, fn, i)
-  for i in range(N)))``, every item's future created at once, as people write it;
+  for i in range(N)))``, every item's future created at once, as people write it (so it
+  holds every future, and returns every result in one list);
 * ``gather(to_thread)``: the same over ``asyncio.to_thread(fn, i)``.
 
 The default executor and offload's default pool have the same size, ``min(32, cpus + 4)``.
@@ -42,13 +44,19 @@ def small(item: int) -> int:
 
 
 async def offload_map(n: int) -> int:
-    results = [r async for r in offload.thread.map(small, range(n))]
-    return len(results)
+    count = 0
+    async for _ in offload.thread.map(small, range(n)):
+        count += 1  # each result is used as it comes, not kept
+
+    return count
 
 
 async def offload_map_256(n: int) -> int:
-    results = [r async for r in offload.thread.map(small, range(n), max_in_flight=256)]
-    return len(results)
+    count = 0
+    async for _ in offload.thread.map(small, range(n), max_in_flight=256):
+        count += 1
+
+    return count
 
 
 async def gather_run_in_executor(n: int) -> int:

@@ -233,12 +233,19 @@ class TestResults:
     async def test_unordered_results_come_as_calls_finish(
         self, make_pool: MakePool, tmp_path: Path
     ) -> None:
-        """Unordered, the slow first item comes out after the three it waited for."""
+        """Unordered, the three quick items come out while the first one still runs."""
+        for item in (1, 2, 3):
+            (tmp_path / f"plan-{item}").write_text("pass")
+
         pool = make_pool(max_workers=4)
-        fn = functools.partial(slow_first, tmp_path)
-        results = [r async for r in pool.map(fn, range(4), ordered=False)]
-        assert sorted(results[:3]) == [1, 2, 3]
-        assert results[3] == 0
+        got: list[int] = []
+        async for result in pool.map(functools.partial(hold, tmp_path), range(4), ordered=False):
+            got.append(result)
+            if len(got) == 3:  # item 0 waits for "open": it cannot have finished yet
+                announce(tmp_path / "open", "open")
+
+        assert sorted(got[:3]) == [1, 2, 3]
+        assert got[3] == 0
 
     async def test_async_input(self, make_pool: MakePool) -> None:
         """An async iterable of items works as a sync one does."""
