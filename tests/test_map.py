@@ -123,6 +123,15 @@ def current_request(item: int) -> str:
     return f"{request.get()} {item}"
 
 
+class Scaler:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @_decorated_pool
+    def scale(self, item: int) -> int:
+        return self.factor * item
+
+
 # -- helpers on the loop's side -----------------------------------------------------------------
 
 Pool = offload.ThreadPool | offload.ProcessPool
@@ -590,6 +599,11 @@ class TestFunctions:
 
         assert got == [0]
         await until(lambda: _decorated_pool.stats().busy == 0)
+
+    async def test_decorated_method(self) -> None:
+        """A decorated method, bound to its instance, runs with that instance."""
+        results = [r async for r in _decorated_pool.map(Scaler(3).scale, [1, 2])]
+        assert results == [3, 6]
 
     async def test_threads_see_the_consumers_context(self) -> None:
         """In a thread pool, each item's call sees a copy of the consumer's contextvars."""
