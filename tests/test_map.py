@@ -419,6 +419,24 @@ class TestErrors:
         stats = pool.stats()
         assert (stats.submitted, stats.failed, stats.cancelled) == (3, 1, 2)
 
+    async def test_overloaded_item_raises_at_its_place(
+        self, make_pool: MakePool, kind: str, tmp_path: Path
+    ) -> None:
+        """Past ``max_pending``, an item's call raises ``Overloaded``, and the others are
+        cancelled."""
+        pool = make_pool(max_workers=1, max_pending=1)
+        with pytest.raises(offload.Overloaded):
+            await collect(
+                pool.map(
+                    functools.partial(hold, tmp_path), range(9), ordered=False, max_in_flight=3
+                ),
+                [],
+            )
+
+        await stopped_in_flight(pool, kind, list(started(tmp_path).values()))
+        stats = pool.stats()
+        assert (stats.rejected, stats.submitted, stats.cancelled) == (1, 2, 2)
+
     async def test_input_error_cancels_in_flight(
         self, make_pool: MakePool, kind: str, tmp_path: Path
     ) -> None:
