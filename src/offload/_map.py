@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextvars import copy_context
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ("MapIterator", "check_max_in_flight")
 
 R = TypeVar("R")
+
+logger = logging.getLogger("offload")
 
 
 def check_max_in_flight(value: object) -> int | None:
@@ -194,8 +197,10 @@ class _Calls:
 
                 ready.set()
                 await anyio.sleep_forever()
-        except BaseException:  # the loop's run ends: each call had its outcome
+        except anyio.get_cancelled_exc_class():  # the loop's run ends: each call had its outcome
             pass
+        except BaseException:  # a bug of offload's: say so, rather than end the loop's run
+            logger.exception("pool %r: map's runner failed", self.pool.name)
         finally:
             self.task_group = None
             self.runner_done.set()
