@@ -58,9 +58,11 @@ autodoc_type_aliases = {
 nitpick_ignore = [
     # The standard library and typing_extensions, in signatures and attribute types.
     ("py:class", "collections.abc.AsyncGenerator"),
+    ("py:class", "collections.abc.AsyncIterable"),
     ("py:class", "collections.abc.Callable"),
     ("py:class", "collections.abc.Coroutine"),
     ("py:class", "collections.abc.Generator"),
+    ("py:class", "collections.abc.Iterable"),
     ("py:class", "collections.abc.Mapping"),
     ("py:class", "traceback.FrameSummary"),
     ("py:class", "traceback.StackSummary"),

@@ -8,7 +8,7 @@ the checkers would report as unused if the error went away.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
 from typing_extensions import assert_type
@@ -84,6 +84,31 @@ async def test_wrong_arguments_are_type_errors() -> None:
 
     with contextlib.suppress(Exception):
         await offload.call(parse, "1", bass=2)  # type: ignore[call-arg]
+
+
+async def _words() -> AsyncIterator[str]:
+    yield "11"
+
+
+async def test_map_signatures() -> None:
+    """``map`` yields ``fn``'s result type, for sync and async inputs and decorated
+    functions alike."""
+    pool = new_pool()
+    assert_type(pool.map(parse, ["1"]), offload.MapIterator[int])
+    assert_type([n async for n in pool.map(parse, ["1", "2"], ordered=False)], list[int])
+    assert_type([n async for n in pool.map(parse, _words(), max_in_flight=2)], list[int])
+    assert_type([b async for b in offload.thread.map(fetch, ["u"])], list[bytes])
+    async with pool.map(len, ["ab"]) as results:
+        assert_type(results, offload.MapIterator[int])
+        assert_type(await results.__anext__(), int)
+        await results.aclose()
+
+
+def test_map_wrong_items_are_type_errors() -> None:
+    """Items of the wrong type for ``fn`` are a type error."""
+    pool = new_pool()
+    with contextlib.suppress(Exception):
+        pool.map(parse, [1, 2])  # type: ignore[arg-type]
 
 
 def test_public_types() -> None:

@@ -15,6 +15,7 @@ from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._job import cancelled as cancelled
+from ._map import MapIterator as MapIterator
 from ._pools import CallFunction as _CallFunction
 from ._pools import CancelPolicy as CancelPolicy
 from ._pools import ExecutorCancelPolicy as ExecutorCancelPolicy
@@ -61,6 +62,7 @@ __all__ = (
     "ExecutorDecorator",
     "ExecutorPool",
     "ExecutorSettings",
+    "MapIterator",
     "Monitor",
     "OffloadError",
     "Overloaded",

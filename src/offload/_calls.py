@@ -1,7 +1,8 @@
 """Policy: the path of one call, from the caller's await to its one outcome.
 
 Every call takes it: ``pool.call``, a decorated function, each ``await`` of a decorated
-generator (through the same :class:`~offload._runtime.Runtime` steps), and ``map`` to come:
+generator (through the same :class:`~offload._runtime.Runtime` steps), and each item of
+``pool.map`` (``_map.py``):
 
 1. find the pool's runtime in this loop (started on first use);
 2. admit: refuse a caller cancelled already, wait for the function's ``limit``, apply the

@@ -70,4 +70,6 @@ def decorate(pool: _Pool[Any], options: Options, fn: Any) -> Any:
 
     # A process worker finds the wrapper by its module and name, and runs this instead.
     offloaded.__offload_target__ = fn  # type: ignore[attr-defined]
+    # pool.map(offloaded, items) runs the target with these options, once per item.
+    offloaded.__offload_call__ = (pool, options, target)  # type: ignore[attr-defined]
     return offloaded

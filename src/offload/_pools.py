@@ -13,7 +13,15 @@ import dataclasses
 import functools
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+)
 from concurrent.futures import Executor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
@@ -26,6 +34,7 @@ from ._decorate import decorate
 from ._exceptions import PoolClosed
 from ._executors import ExecutorSource
 from ._kinds import PROCESSES, THREADS, PoolKind, executors
+from ._map import MapIterator
 from ._options import KILL_GRACE, Options, check_options
 from ._runtime import Runtime
 from ._settings import (
@@ -156,6 +165,69 @@ class _Pool(Generic[SettingsT]):
         # A plain function returning the coroutine saves a frame per call; the pool starts
         # in the loop that awaits it.
         return run(self, self._ad_hoc, fn, args, kwargs)
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T] | AsyncIterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+    ) -> MapIterator[R]: ...
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+    ) -> MapIterator[Any]:
+        """Run ``fn(item)`` in this pool for each item, and iterate over the results.
+
+        ``async for r in pool.map(fn, items)`` gives what ``for r in map(fn, items)`` gives,
+        with up to ``max_in_flight`` calls running at once. Each item is one call, counted
+        in :meth:`stats` and bounded by ``max_pending`` as any :meth:`call` is.
+
+        Args:
+            fn: a blocking function of one argument; a function decorated for this pool
+                runs its original function with its options (``limit``, ``timeout``,
+                ``cancel``, ``retries``).
+            iterable: the items, a sync or an async iterable. It is read on the event loop,
+                only as fast as results are taken: at most ``max_in_flight`` items are
+                read and not yet handed out.
+            ordered: yield results in input order (default; a slow item holds back the
+                ones after it), or ``False``: as calls finish.
+            max_in_flight: the most items in flight at once (read from the input and not
+                yet taken by the consumer); default: the pool's ``max_workers`` when the
+                iteration starts.
+
+        Raises:
+            TypeError: ``fn`` is async, or decorated for another pool; ``iterable`` is not
+                iterable; ``max_in_flight`` is not a whole number.
+            ValueError: ``max_in_flight`` is below 1.
+
+        The iterator raises an item's exception at that item's place (ordered) or as it
+        comes (unordered), after cancelling the other calls in flight.
+
+        **Cancellation**: an item's error, ``aclose()``, leaving ``async with
+        pool.map(...) as results:`` and a cancelled consumer cancel the calls in flight
+        under the function's ``cancel`` policy, and wait for their outcomes; after a
+        ``break`` without ``aclose()``, the iterator cancels them as it is collected.
+        """
+        return MapIterator(self, fn, iterable, ordered, max_in_flight)
 
     # -- settings -----------------------------------------------------------------------------
 
