@@ -367,6 +367,14 @@ class _Process:
 
         self.reaped()
 
+    def end_call(self) -> None:
+        """Its call is over here (a retry pickles it again): forget it, and unlink the shared
+        memory of its arguments."""
+        self.job = None
+        if self.segments:
+            _payloads.release(self.segments)
+            self.segments = ()
+
     def reaped(self) -> None:
         self.gone = True
         _payloads.sweep_worker(self.pid)  # segments of an answer it never sent
@@ -579,10 +587,7 @@ class ProcessWorkers:
     def _unsent(self, process: _Process, job: Job) -> None:
         """A job whose caller left while its process started: free the process."""
         self.running.pop(job, None)
-        process.job = None
-        if process.segments:  # the call is over here (a retry pickles it again)
-            _payloads.release(process.segments)
-            process.segments = ()
+        process.end_call()
         with self.queue.lock:
             self.queue.busy -= 1
 
@@ -610,10 +615,7 @@ class ProcessWorkers:
         self.running.pop(job, None)
         self._tries.pop(job, None)
         self._terminated.pop(job, None)
-        process.job = None
-        if process.segments:  # the call is over here (a retry pickles it again)
-            _payloads.release(process.segments)
-            process.segments = ()
+        process.end_call()
         with self.queue.lock:
             self.queue.busy -= 1
 
@@ -920,10 +922,7 @@ class ProcessWorkers:
         )
         # Back to the head of the queue, keeping its place: a fresh process takes it next.
         self.running.pop(job, None)
-        process.job = None
-        if process.segments:  # the call is over here (a retry pickles it again)
-            _payloads.release(process.segments)
-            process.segments = ()
+        process.end_call()
         queue = self.queue
         with queue.lock:
             queue.busy -= 1
@@ -1019,9 +1018,7 @@ class ProcessWorkers:
 
         for process in processes:
             process.stop()
-            if process.segments:
-                _payloads.release(process.segments)
-                process.segments = ()
+            process.end_call()
 
         self._processes.clear()
         self._idle.clear()
