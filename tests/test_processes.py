@@ -622,6 +622,25 @@ class TestWarmSpares:
         assert await pool.call(square, 3) == 9
         await pool.aclose()
 
+    async def test_min_workers_above_the_default_size_on_a_running_pool(self) -> None:
+        """A ``min_workers`` above a running pool's default ``max_workers`` is refused, and
+        the pool keeps the settings it had."""
+        pool = new_pool("process")
+        assert await pool.call(square, 2) == 4
+        too_many = pool.settings().max_workers + 1
+        with pytest.raises(ValueError, match=f"min_workers={too_many} is more than"):
+            pool.configure(min_workers=too_many)
+
+        assert pool.settings().min_workers == 0
+        # Nor is it kept for the next loop's run (what settings() says outside a loop).
+        next_run: list[object] = []
+        outside = threading.Thread(target=lambda: next_run.append(pool.settings().min_workers))
+        outside.start()
+        outside.join(WAIT)
+        assert next_run == [0]
+        assert await pool.call(square, 3) == 9
+        await pool.aclose()
+
     async def test_min_workers_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """``OFFLOAD_<POOL>_MIN_WORKERS`` sets how many processes are kept started."""
         pool = new_pool("process", max_workers=2)

@@ -243,9 +243,13 @@ class _Pool(Generic[SettingsT]):
         checked = validate(self._name, self._fields, settings)
         validate(self._name, self._fields, {**self._explicit, **checked})  # settings together
         with self._lock:
-            self._explicit.update(checked)
-            explicit = dict(self._explicit)
+            explicit = {**self._explicit, **checked}
             runtimes = list(self._runtimes.values())
+            for runtime in runtimes:  # with the defaults and environment of each running loop
+                base = {f: getattr(runtime.base, f) for f in self._fields}
+                validate(self._name, self._fields, {**base, **explicit})
+
+            self._explicit = explicit
 
         try:
             here: object = current_key()
