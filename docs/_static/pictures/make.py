@@ -311,7 +311,9 @@ def draw_monitor() -> None:
     left = 0.0
     for share in split:
         color = KINDS[share["kind"]]
-        bar.barh(0, share["duration"], left=left, color=color, height=1, edgecolor="white")
+        bar.barh(
+            0, share["duration"], left=left, color=color, height=1, edgecolor="white", linewidth=2
+        )
         bar.text(
             left + share["duration"] / 2,
             0,
