@@ -108,6 +108,41 @@ class Delegate(Executor):
         return self.target.submit(fn, *args, **kwargs)
 
 
+class RecordingFuture(Future[Any]):
+    """A future that records the threads that cancel it."""
+
+    def __init__(self, cancelled_on: list[int]) -> None:
+        super().__init__()
+        self.cancelled_on = cancelled_on
+
+    def cancel(self) -> bool:
+        self.cancelled_on.append(threading.get_ident())
+        return super().cancel()
+
+
+class Holding(Executor):
+    """An executor of one worker that never starts a call: it holds each future."""
+
+    _max_workers = 1
+
+    def __init__(self) -> None:
+        self.futures: list[RecordingFuture] = []
+        self.cancelled_on: list[int] = []
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        self.futures.append(RecordingFuture(self.cancelled_on))
+        return self.futures[-1]
+
+
+async def call_then_close(pool: offload.ExecutorPool) -> None:
+    """Call ``add`` in the pool, then close it, however the call ends."""
+    try:
+        await pool.call(add, 1)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.aclose()
+
+
 DELEGATE = Delegate()
 remote = offload.ExecutorPool("test-executors-remote", DELEGATE, max_workers=2)
 
@@ -518,6 +553,19 @@ class TestCancellation:
             assert k in _ran  # it returned before the awaiter got its cancellation
         assert pool.stats().busy == 0
 
+    async def test_future_is_cancelled_off_the_loop_thread(self) -> None:
+        """Cancelling a call cancels its future on a thread of the pool, not the loop's (a
+        dask future's cancel is a blocking request to the scheduler)."""
+        holding = Holding()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_when, lambda: bool(holding.futures), scope)
+                await call_then_close(new_pool(holding))
+
+        await until(lambda: bool(holding.cancelled_on), "the future is cancelled")
+        assert threading.get_ident() not in holding.cancelled_on
+        assert holding.futures[0].cancelled()
+
     async def test_cancelled_is_false_in_an_executor(self) -> None:
         """``offload.cancelled()`` is False in an executor's workers: offload does not run
         them."""
@@ -783,6 +831,21 @@ class TestFactoryStart:
             factory.gate.set()
 
         assert (pool.stats().completed, pool.stats().rejected) == (1, 1)
+
+    async def test_configure_while_the_factory_runs(self) -> None:
+        """Settings changed while the factory runs apply once its executor is there: an
+        explicit ``max_workers`` wins over the executor's size."""
+        factory = GatedFactory(size=3)
+        async with new_pool(factory) as pool, anyio.create_task_group() as tg:
+            tg.start_soon(call_add, pool, 1)
+            await until(lambda: pool.stats().pending == 1, "one call waits")
+            pool.configure(max_pending=5)
+            pool.configure(max_workers=1)
+            assert pool.settings().max_workers == 1
+            factory.gate.set()
+
+        assert pool.settings().max_workers == 1
+        assert pool.stats().completed == 1
 
     async def test_factory_error_fails_the_waiting_and_later_calls(self) -> None:
         """A factory that raises fails the calls waiting for it with its exception, and

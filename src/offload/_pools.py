@@ -251,6 +251,8 @@ class _Pool(Generic[SettingsT]):
             runtimes = list(self._runtimes.values())
             for runtime in runtimes:  # with the defaults and environment of each running loop
                 base = {f: getattr(runtime.base, f) for f in self._fields}
+                if base.get("max_workers") == 0:  # an executor pool's factory runs: no size yet
+                    del base["max_workers"]
                 validate(self._name, self._fields, {**base, **explicit})
 
             self._explicit = explicit
