@@ -759,6 +759,9 @@ class TestOwnership:
         assert max_workers == 2  # the cluster's threads
         assert clients[0].status == "closed"
         assert multiprocessing.active_children() == []
+        for thread in threading.enumerate():  # dask's watch of a worker process that is gone
+            if thread.name.endswith("watch process join"):  # ends a moment after its process
+                thread.join(WAIT)
 
 
 class GatedFactory:
@@ -811,7 +814,7 @@ class TestFactoryStart:
                 tg.start_soon(call, x)
 
             await until(lambda: pool.stats().pending == 4, "four calls wait for the factory")
-            assert factory.entered.is_set()
+            await until(factory.entered.is_set, "the factory runs")
             assert (pool.stats().busy, pool.stats().max_workers) == (0, 0)
             factory.gate.set()
 
