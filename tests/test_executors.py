@@ -73,6 +73,10 @@ async def call_gated(pool: offload.ExecutorPool, key: str) -> None:
     await pool.call(gated, key)
 
 
+async def call_add(pool: offload.ExecutorPool, x: int) -> None:
+    await pool.call(add, x)
+
+
 def started(key: str) -> Callable[[], bool]:
     return event(f"{key}.started").is_set
 
@@ -102,6 +106,41 @@ class Delegate(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         assert self.target is not None, "the test sets the executor to pass calls to"
         return self.target.submit(fn, *args, **kwargs)
+
+
+class RecordingFuture(Future[Any]):
+    """A future that records the threads that cancel it."""
+
+    def __init__(self, cancelled_on: list[int]) -> None:
+        super().__init__()
+        self.cancelled_on = cancelled_on
+
+    def cancel(self) -> bool:
+        self.cancelled_on.append(threading.get_ident())
+        return super().cancel()
+
+
+class Holding(Executor):
+    """An executor of one worker that never starts a call: it holds each future."""
+
+    _max_workers = 1
+
+    def __init__(self) -> None:
+        self.futures: list[RecordingFuture] = []
+        self.cancelled_on: list[int] = []
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        self.futures.append(RecordingFuture(self.cancelled_on))
+        return self.futures[-1]
+
+
+async def call_then_close(pool: offload.ExecutorPool) -> None:
+    """Call ``add`` in the pool, then close it, however the call ends."""
+    try:
+        await pool.call(add, 1)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.aclose()
 
 
 DELEGATE = Delegate()
@@ -514,6 +553,19 @@ class TestCancellation:
             assert k in _ran  # it returned before the awaiter got its cancellation
         assert pool.stats().busy == 0
 
+    async def test_future_is_cancelled_off_the_loop_thread(self) -> None:
+        """Cancelling a call cancels its future on a thread of the pool, not the loop's (a
+        dask future's cancel is a blocking request to the scheduler)."""
+        holding = Holding()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_when, lambda: bool(holding.futures), scope)
+                await call_then_close(new_pool(holding))
+
+        await until(lambda: bool(holding.cancelled_on), "the future is cancelled")
+        assert threading.get_ident() not in holding.cancelled_on
+        assert holding.futures[0].cancelled()
+
     async def test_cancelled_is_false_in_an_executor(self) -> None:
         """``offload.cancelled()`` is False in an executor's workers: offload does not run
         them."""
@@ -707,6 +759,213 @@ class TestOwnership:
         assert max_workers == 2  # the cluster's threads
         assert clients[0].status == "closed"
         assert multiprocessing.active_children() == []
+        for thread in threading.enumerate():  # dask's watch of a worker process that is gone
+            if thread.name.endswith("watch process join"):  # ends a moment after its process
+                thread.join(WAIT)
+
+
+class GatedFactory:
+    """A factory that records its thread, then waits for its gate before making a stdlib
+    thread pool of ``size`` (or raising ``error``)."""
+
+    def __init__(self, size: int = 2, error: Exception | None = None) -> None:
+        self.size = size
+        self.error = error
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.threads: list[int] = []
+        self.made: list[ThreadPoolExecutor] = []
+
+    def __call__(self) -> ThreadPoolExecutor:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        assert self.gate.wait(WAIT), "the test opens the gate"
+        if self.error is not None:
+            raise self.error
+
+        self.made.append(ThreadPoolExecutor(self.size))
+        return self.made[-1]
+
+
+class TestFactoryStart:
+    """A factory makes its executor off the loop's thread while calls wait for it."""
+
+    async def test_factory_runs_off_the_loop_thread(self) -> None:
+        """The factory runs on a thread that is not the event loop's."""
+        factory = GatedFactory()
+        factory.gate.set()
+        async with new_pool(factory) as pool:
+            assert await pool.call(add, 1) == 1
+
+        assert factory.threads
+        assert threading.get_ident() not in factory.threads
+
+    async def test_calls_wait_for_the_factory_then_run(self) -> None:
+        """Calls made while the factory runs wait as pending, then run in its executor,
+        whose size becomes ``max_workers``."""
+        factory = GatedFactory(size=3)
+        results: list[int] = []
+
+        async def call(x: int) -> None:
+            results.append(await pool.call(add, x))
+
+        async with new_pool(factory) as pool, anyio.create_task_group() as tg:
+            for x in range(4):
+                tg.start_soon(call, x)
+
+            await until(lambda: pool.stats().pending == 4, "four calls wait for the factory")
+            await until(factory.entered.is_set, "the factory runs")
+            assert (pool.stats().busy, pool.stats().max_workers) == (0, 0)
+            factory.gate.set()
+
+        assert sorted(results) == [0, 1, 2, 3]
+        assert pool.stats().max_workers == pool.settings().max_workers == 3
+        assert factory.made[0]._shutdown
+
+    async def test_calls_waiting_for_the_factory_count_against_max_pending(self) -> None:
+        """While the factory runs no worker is free, so ``max_pending`` bounds the calls."""
+        factory = GatedFactory()
+        async with new_pool(factory, max_pending=1) as pool, anyio.create_task_group() as tg:
+            tg.start_soon(call_add, pool, 1)
+            await until(lambda: pool.stats().pending == 1, "one call waits")
+            with pytest.raises(offload.Overloaded):
+                await pool.call(add, 2)
+
+            factory.gate.set()
+
+        assert (pool.stats().completed, pool.stats().rejected) == (1, 1)
+
+    async def test_configure_while_the_factory_runs(self) -> None:
+        """Settings changed while the factory runs apply once its executor is there: an
+        explicit ``max_workers`` wins over the executor's size."""
+        factory = GatedFactory(size=3)
+        async with new_pool(factory) as pool, anyio.create_task_group() as tg:
+            tg.start_soon(call_add, pool, 1)
+            await until(lambda: pool.stats().pending == 1, "one call waits")
+            pool.configure(max_pending=5)
+            pool.configure(max_workers=1)
+            assert pool.settings().max_workers == 1
+            factory.gate.set()
+
+        assert pool.settings().max_workers == 1
+        assert pool.stats().completed == 1
+
+    async def test_factory_error_fails_the_waiting_and_later_calls(self) -> None:
+        """A factory that raises fails the calls waiting for it with its exception, and
+        every later call of the loop too."""
+        factory = GatedFactory(error=LookupError("no cluster today"))
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            with pytest.raises(LookupError, match="no cluster today") as info:
+                await pool.call(add, 1)
+            errors.append(info.value)
+
+        async with new_pool(factory) as pool:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                tg.start_soon(call)
+                await until(lambda: pool.stats().pending == 2, "two calls wait")
+                factory.gate.set()
+
+            await call()
+
+        assert len(errors) == 3
+        assert pool.stats().failed == 3
+
+    async def test_unknown_size_fails_the_waiting_calls(self) -> None:
+        """A factory's executor that tells no size, without ``max_workers``, fails the calls
+        waiting for it with ``ValueError``."""
+        gate = threading.Event()
+
+        def factory() -> Delegate:
+            assert gate.wait(WAIT), "the test opens the gate"
+            return Delegate()
+
+        async def call() -> None:
+            with pytest.raises(ValueError, match=r"pass max_workers="):
+                await pool.call(add, 1)
+
+        async with new_pool(factory) as pool, anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            tg.start_soon(call)
+            await until(lambda: pool.stats().pending == 2, "two calls wait")
+            gate.set()
+
+        assert pool.stats().failed == 2
+
+    async def test_aclose_during_the_factory_shuts_down_what_it_made(self) -> None:
+        """``aclose()`` while the factory runs turns the waiting call away, waits for the
+        factory and shuts down its executor."""
+        factory = GatedFactory()
+        pool = new_pool(factory)
+        turned_away = threading.Event()
+
+        async def call() -> None:
+            with pytest.raises(offload.PoolClosed):
+                await pool.call(add, 1)
+            turned_away.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await until(factory.entered.is_set)
+            tg.start_soon(pool.aclose)
+            await until(turned_away.is_set)  # aclose() is under way
+            factory.gate.set()
+
+        assert len(factory.made) == 1
+        assert factory.made[0]._shutdown
+        assert not [t for t in threading.enumerate() if t.name.endswith("-control")]
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_loop_ending_during_the_factory_leaves_nothing(
+        self, backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        """A loop's run that ends while the factory runs waits for it and shuts down the
+        executor it made."""
+        factory = GatedFactory()
+        pool = new_pool(factory)
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call_add, pool, 1)
+                await until(factory.entered.is_set)
+                tg.cancel_scope.cancel()
+
+            factory.gate.set()  # the run ends now, with the factory running or just done
+
+        anyio.run(main, backend=backend[0], backend_options=backend[1])
+        assert len(factory.made) == 1
+        assert factory.made[0]._shutdown
+
+    async def test_map_window_is_the_factory_executors_size(self) -> None:
+        """``map``'s default ``max_in_flight`` is the size of the factory's executor."""
+        factory = GatedFactory(size=3)
+        keys = [key() for _ in range(6)]
+        read: list[str] = []
+
+        def items() -> Iterator[str]:
+            for k in keys:
+                read.append(k)
+                yield k
+
+        results: list[str] = []
+        async with new_pool(factory) as pool:
+
+            async def consume() -> None:
+                results.extend([value async for value in pool.map(gated, items())])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await until(factory.entered.is_set)
+                factory.gate.set()
+                await until(lambda: sum(started(k)() for k in keys) == 3, "three calls run")
+                assert len(read) == 3
+                assert pool.stats().pending == 0
+                for k in keys:
+                    event(k).set()
+
+        assert results == keys
 
 
 def job_of(fn: Callable[..., Any], *args: Any) -> Job:
@@ -752,5 +1011,8 @@ class TestWorkerLayer:
             assert workers.gauges()[1] == 1
             event(running).set()
             assert done.get(timeout=WAIT).value == running
+            workers._tasks.put(None)  # end the control thread that cancelled the future
+            assert workers._control is not None
+            workers._control.join(WAIT)
 
         assert held not in _ran

@@ -10,11 +10,15 @@ loop like a thread worker hands it, and the freed slot takes the next queued cal
 
 Stopping a call is cancelling its future (:meth:`ExecutorWorkers.terminate`): a future the
 executor has not started never runs; dask.distributed's futures cancel their task on the
-cluster (its ``ClientExecutor`` turns ``future.cancel()`` into ``client.cancel``). A call
-that already runs in a stdlib or loky pool runs to its end, holding its slot.
+cluster (its ``ClientExecutor`` turns ``future.cancel()`` into ``client.cancel``, a blocking
+request to the scheduler). A call that already runs in a stdlib or loky pool runs to its
+end, holding its slot.
 
-Where the executor comes from (the user's, or made by a factory and closed here) is
-:class:`ExecutorSource`'s business.
+Nothing that may block runs on the loop's thread: the pool's control thread (one per pool
+and loop, started when first needed, joined at shutdown) calls a factory, cancels futures
+and shuts down an executor offload made, one task after the other. Where the executor
+comes from (the user's, or made by a factory and closed here) is :class:`ExecutorSource`'s
+business.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, Future
+from queue import SimpleQueue
 from time import perf_counter
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -133,20 +139,26 @@ def _crosses_processes(executor: object) -> bool:
     return not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
 
 
-class _Cancel:
-    """Cancel a future from the loop's thread (a :class:`~offload._runtime.Delivery`).
+class _Ready:
+    """Hand a factory's executor (or why there is none) to the workers on the loop's thread
+    (a :class:`~offload._runtime.Delivery`)."""
 
-    dask's future cancels its task with a blocking call to the scheduler, which must not be
-    made from dask's own event loop thread, where done-callbacks run.
-    """
+    __slots__ = ("error", "executor", "size", "workers")
 
-    __slots__ = ("future",)
-
-    def __init__(self, future: Future[Any]) -> None:
-        self.future = future
+    def __init__(
+        self,
+        workers: ExecutorWorkers,
+        executor: Executor | None,
+        size: int | None,
+        error: BaseException | None,
+    ) -> None:
+        self.workers = workers
+        self.executor = executor
+        self.size = size
+        self.error = error
 
     def deliver(self) -> None:
-        self.future.cancel()
+        self.workers._ready(self.executor, self.size, self.error)  # pyright: ignore[reportPrivateUsage]
 
 
 class _Closed:
@@ -167,22 +179,33 @@ class ExecutorWorkers:
     ``submit`` queues a job; while fewer than ``max_workers`` calls are in the executor, the
     oldest queued job goes to ``executor.submit``, and its future's done-callback hands it to
     ``deliver``.
+
+    Without an executor yet (a factory's, being made by :meth:`make`), the capacity is 0:
+    calls wait as pending, and count against ``max_pending`` as :meth:`JobQueue.refuses`
+    says, until the executor arrives and they go to it; or, if there is none (the factory
+    raised, or its executor tells no size and ``max_workers`` is not given), they fail with
+    that error, as every later call of this loop does until the pool is closed.
     """
 
     def __init__(
         self,
         pool: str,
         deliver: Callable[[Any], None],
-        executor: Executor,
+        executor: Executor | None,
         max_workers: int,
         owned: bool,
+        sizer: Callable[[Executor, int | None], int] | None = None,
     ) -> None:
         self._pool = pool
         self._deliver = deliver
+        # For a factory's executor: given it and its size (None: unknown), set and return the
+        # max_workers in force (the explicit one, or that size), or raise ValueError.
+        self._sizer = sizer
         self.executor = executor
         self.owned = owned
-        self._pickles = _crosses_processes(executor)
-        self.queue = queue = JobQueue(max_workers)
+        self._pickles = executor is not None and _crosses_processes(executor)
+        self._max_workers = max_workers  # the capacity once there is an executor
+        self.queue = queue = JobQueue(max_workers if executor is not None else 0)
         self._lock = queue.lock
         self._jobs = queue.jobs
         self.withdraw = queue.withdraw
@@ -191,6 +214,105 @@ class ExecutorWorkers:
         self._futures: dict[Job, Future[Any] | None] = {}
         self._to_cancel: set[Job] = set()  # stopped while being handed
         self._closing = False
+        self._error: BaseException | None = None  # why there is no executor
+        self._error_tb: TracebackType | None = None
+        self._made: Executor | None = None  # the factory's executor, to shut down
+        self._is_settled = False  # the executor is known (or known not to be)
+        self._settled: anyio.Event | None = None  # what settled() waits for
+        self._tasks: SimpleQueue[Callable[[], object] | None] = SimpleQueue()
+        self._control: threading.Thread | None = None
+
+    # -- the control thread: what may block, off the loop's thread -----------------------------
+
+    def _run_later(self, task: Callable[[], object]) -> None:
+        """Run ``task`` in the control thread, after the tasks before it."""
+        with self._lock:
+            if self._control is None:
+                self._control = threading.Thread(
+                    target=self._run_tasks, name=f"offload-{self._pool}-control", daemon=True
+                )
+                self._control.start()
+
+            self._tasks.put(task)
+
+    def _run_tasks(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except Exception:
+                logger.exception("pool %r: its executor's control thread failed", self._pool)
+
+    def make(
+        self, factory: Callable[[], Executor], size: Callable[[Executor], int | None]
+    ) -> None:
+        """Make the executor with ``factory`` in the control thread, learn its ``size``, and
+        hand both to the loop's thread (:meth:`_ready`)."""
+
+        def start() -> None:
+            try:
+                self._made = factory()  # shut down at the end, whatever happens meanwhile
+                found = size(self._made)
+            except BaseException as exc:  # the calls waiting for it fail with it
+                self._deliver(_Ready(self, None, None, exc))
+                return
+
+            self._deliver(_Ready(self, self._made, found, None))
+
+        self._run_later(start)
+
+    def _ready(
+        self, executor: Executor | None, size: int | None, error: BaseException | None
+    ) -> None:
+        """The factory is done (on the loop's thread): hand the queued calls to its
+        executor, or fail them with ``error``."""
+        if self._closing:
+            return  # shutdown() shuts the executor down
+
+        if error is None:
+            assert executor is not None
+            assert self._sizer is not None, "a factory's workers are made with a sizer"
+            try:
+                max_workers = self._sizer(executor, size)
+            except ValueError as exc:  # no size: the executor is of no use
+                error = exc
+                self._made = None
+                self._run_later(functools.partial(close_executor, executor))
+            else:
+                with self._lock:
+                    self.executor = executor
+                    self._pickles = _crosses_processes(executor)
+                    self._max_workers = self.queue.capacity = max_workers
+                    ready = self._take()
+
+                self._start(ready)
+
+        if error is not None:
+            self._error, self._error_tb = error, error.__traceback__
+            for job in self.withdraw_all():
+                self._fail(job)
+
+        self._set_settled()
+
+    def _fail(self, job: Job) -> None:
+        """End ``job`` with the error that left the pool without an executor."""
+        assert self._error is not None
+        job.error = self._error.with_traceback(self._error_tb)
+        self._deliver(job)
+
+    async def settled(self) -> None:
+        """Return once the executor is there, or known not to be (or the pool closes)."""
+        if self.executor is not None or self._is_settled:
+            return
+
+        if self._settled is None:
+            self._settled = anyio.Event()
+
+        await self._settled.wait()
+
+    def _set_settled(self) -> None:
+        self._is_settled = True
+        if self._settled is not None:
+            self._settled.set()
 
     def gauges(self) -> tuple[int, int, int, int]:
         """Return, read together: calls in the executor (its workers as offload sees them),
@@ -207,6 +329,10 @@ class ExecutorWorkers:
         Returns:
             False if the pending bound refuses it (see :meth:`JobQueue.refuses`).
         """
+        if self._error is not None:  # no executor in this loop: the call fails with why
+            self._fail(job)
+            return True
+
         with self._lock:
             if max_pending is not None and self.queue.refuses(max_pending, elsewhere, True):
                 return False
@@ -241,12 +367,14 @@ class ExecutorWorkers:
         if job.caller_gone:  # stopped as it was taken: it never reaches the executor
             return self._release(job)
 
+        executor = self.executor
+        assert executor is not None, "the capacity is 0 until there is an executor"
         job.started = perf_counter()
         try:
             if self._pickles:
                 _dumps_call(job)  # SerializationError names what cannot be pickled
 
-            future = self.executor.submit(
+            future = executor.submit(
                 run_remote, reference(job.fn), job.args, job.kwargs, self._pickles
             )
         except BaseException as exc:  # unpicklable, or the executor is shut down or broken
@@ -258,8 +386,8 @@ class ExecutorWorkers:
             self._futures[job] = future
             cancel = job in self._to_cancel
 
-        if cancel:  # stopped while being handed: cancel on the loop's thread
-            self._deliver(_Cancel(future))
+        if cancel:  # stopped while being handed
+            self._run_later(future.cancel)
 
         future.add_done_callback(functools.partial(self._finished, job))
         return deque()
@@ -312,7 +440,7 @@ class ExecutorWorkers:
                 self._to_cancel.add(job)  # being handed: cancelled once it is
                 return
 
-        future.cancel()
+        self._run_later(future.cancel)  # dask's asks its scheduler: not on the loop's thread
 
     def kill(self, job: Job) -> None:
         """Nothing more than :meth:`terminate`: an executor's worker cannot be killed here."""
@@ -322,7 +450,9 @@ class ExecutorWorkers:
     def reconfigure(self, settings: PoolSettings) -> None:
         """Apply new settings: a larger ``max_workers`` hands queued calls on at once."""
         with self._lock:
-            self.queue.capacity = settings.max_workers
+            self._max_workers = settings.max_workers
+            if self.executor is not None:
+                self.queue.capacity = settings.max_workers
             ready = self._take()
 
         if ready:
@@ -332,61 +462,70 @@ class ExecutorWorkers:
         """Cancel what is still in the executor; shut down an executor offload made.
 
         Returns:
-            For an owned executor, a coroutine that shuts it down in a thread of its own
-            (a dask cluster takes a while to close) and returns once it is done.
+            Once the control thread has work (cancelling futures, a factory being called, an
+            executor to shut down: a dask cluster takes a while to close), a coroutine that
+            waits until it is done and the thread has ended.
         """
         with self._lock:
             self._closing = True
             futures = [future for future in self._futures.values() if future is not None]
             self._to_cancel.update(job for job, future in self._futures.items() if future is None)
+            started = self._control is not None
 
+        self._set_settled()
         for future in futures:
-            future.cancel()
+            self._run_later(future.cancel)
 
-        if not self.owned:
+        if not (started or futures):
             return None
 
-        return self._close_owned()
+        return self._close()
 
-    async def _close_owned(self) -> None:
+    async def _close(self) -> None:
         closed = anyio.Event()
-        thread = threading.Thread(
-            target=self._close_then_tell,
-            args=(closed,),
-            name=f"offload-{self._pool}-close",
-            daemon=True,
-        )
-        thread.start()
+        self._run_later(self._close_then_tell(closed))
+        self._tasks.put(None)  # the thread ends there
         with anyio.CancelScope(shield=True):
             await closed.wait()
 
-        thread.join()
+        assert self._control is not None
+        self._control.join()
 
-    def _close_then_tell(self, closed: anyio.Event) -> None:
-        try:
-            close_executor(self.executor)
-        except Exception:
-            logger.exception("pool %r: shutting down its executor failed", self._pool)
-        finally:
-            self._deliver(_Closed(closed))
+    def _close_then_tell(self, closed: anyio.Event) -> Callable[[], None]:
+        def close() -> None:  # in the control thread, after the factory if it still ran
+            try:
+                made, self._made = self._made, None
+                if made is not None:
+                    close_executor(made)
+            except Exception:
+                logger.exception("pool %r: shutting down its executor failed", self._pool)
+            finally:
+                self._deliver(_Closed(closed))
+
+        return close
 
 
 class ExecutorSource:
     """Where an executor pool's executor comes from, and how big it is.
 
     An :class:`~concurrent.futures.Executor` object is the user's: every event loop uses it
-    and offload never shuts it down. A zero-argument factory is offload's: it is called as
-    the pool starts in a loop, and the executor it made is shut down when that loop's run
-    ends (or on ``aclose()``).
+    and offload never shuts it down. A zero-argument factory is offload's: it is called in
+    the pool's control thread as the pool starts in a loop (never on the loop's thread), and
+    the executor it made is shut down when that loop's run ends (or on ``aclose()``).
     """
 
-    def __init__(self, pool: str, executor: Executor | Callable[[], Executor]) -> None:
+    def __init__(
+        self,
+        pool: str,
+        executor: Executor | Callable[[], Executor],
+        resize: Callable[[object, int | None], int],
+    ) -> None:
         self.pool = pool
         self.owned = not isinstance(executor, Executor)
         self._given = executor
+        # (loop key, a factory executor's size or None) -> the max_workers now in force there
+        self._resize = resize
         self._size: int | None = None if self.owned else executor_size(executor)
-        self._starting: int | None = None  # the thread starting the pool in a loop
-        self._made: Executor | None = None  # made by the factory for the loop starting now
 
     def check_size(self, explicit: int | None) -> None:
         """Refuse an executor whose size is unknown when ``max_workers`` is not given."""
@@ -400,30 +539,12 @@ class ExecutorSource:
             f"sum(client.nthreads().values()))"
         )
 
-    def begin(self) -> None:
-        """The pool starts in a loop on this thread: make the loop's executor next."""
-        self._starting = threading.get_ident()
-
-    def end(self) -> None:
-        """The start is over: an executor made but not taken (the start failed) is closed."""
-        self._starting = None
-        made, self._made = self._made, None
-        if made is not None:
-            close_executor(made)
-
     def defaults(self) -> dict[str, object]:
         """Return the defaults of the pool's settings: ``max_workers`` is the executor's size.
 
-        Outside a start, a factory's pool reports the size of the last executor it made (0
-        before the first), since asking would make an executor.
+        A factory's pool reports the size of the last executor it made (0 before the first,
+        and while the first is being made).
         """
-        if self._starting == threading.get_ident():
-            if self.owned and self._made is None:
-                self._made = self._make()
-
-            size = executor_size(self._made if self.owned else self._given)
-            self._size = size if size is not None else self._size
-
         return {"max_workers": self._size if self._size is not None else 0}
 
     def _make(self) -> Executor:
@@ -437,18 +558,35 @@ class ExecutorSource:
 
         return executor
 
-    def start_workers(
-        self, pool: str, deliver: Callable[[Any], None], settings: PoolSettings, loop: object
-    ) -> ExecutorWorkers:
-        """Return the workers of the pool in the loop starting now."""
-        made, self._made = self._made, None
-        executor = made if made is not None else self._given
-        assert isinstance(executor, Executor), "defaults() makes the executor as the pool starts"
+    def _sized(self, key: object, executor: Executor, size: int | None) -> int:
+        """A factory's executor tells its ``size`` (on the loop's thread): set and return the
+        loop's ``max_workers``.
 
-        if settings.max_workers < 1:  # no size from the executor, none given
-            if self.owned:
-                close_executor(executor)
+        Raises:
+            ValueError: the size is unknown and ``max_workers`` is not given.
+        """
+        if size is not None:
+            self._size = size
 
+        max_workers = self._resize(key, size)
+        if max_workers < 1:
             raise ValueError(self._unknown_size(executor))
 
-        return ExecutorWorkers(pool, deliver, executor, settings.max_workers, self.owned)
+        return max_workers
+
+    def start_workers(
+        self, pool: str, deliver: Callable[[Any], None], settings: PoolSettings, loop: Any
+    ) -> ExecutorWorkers:
+        """Return the workers of the pool in the loop starting now; a factory's executor
+        follows from the control thread."""
+        if not self.owned:
+            executor: Executor = self._given  # type: ignore[assignment]
+            if settings.max_workers < 1:  # no size from the executor, none given
+                raise ValueError(self._unknown_size(executor))
+
+            return ExecutorWorkers(pool, deliver, executor, settings.max_workers, owned=False)
+
+        sizer = functools.partial(self._sized, loop.key)
+        workers = ExecutorWorkers(pool, deliver, None, settings.max_workers, True, sizer)
+        workers.make(self._make, executor_size)
+        return workers

@@ -421,7 +421,9 @@ class MapIterator(Generic[R]):
         pool = self._calls.pool
         runtime = pool._runtime()  # PoolClosed and bad settings surface here
         if self._max_in_flight is None:
-            self._max_in_flight = runtime.settings.max_workers
+            await pool._settled(runtime)  # an executor pool's factory may still run
+            # At least 1: where the pool has no executor, the first call raises why.
+            self._max_in_flight = max(1, runtime.settings.max_workers)
 
         self._cancel = runtime.loop.call_soon_threadsafe
         await self._calls.start()

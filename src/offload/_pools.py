@@ -32,7 +32,7 @@ from ._backends import current_key, current_loop
 from ._calls import run
 from ._decorate import decorate
 from ._exceptions import PoolClosed
-from ._executors import ExecutorSource
+from ._executors import ExecutorSource, ExecutorWorkers
 from ._kinds import PROCESSES, THREADS, PoolKind, executors
 from ._map import MapIterator
 from ._options import KILL_GRACE, Options, check_options
@@ -145,6 +145,10 @@ class _Pool(Generic[SettingsT]):
             if self._last is runtime:
                 self._last = None
 
+    async def _settled(self, runtime: Runtime[SettingsT]) -> None:
+        """Return once the runtime's ``max_workers`` is known (an executor pool's factory may
+        still be making its executor)."""
+
     def call(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, R]:
@@ -247,6 +251,8 @@ class _Pool(Generic[SettingsT]):
             runtimes = list(self._runtimes.values())
             for runtime in runtimes:  # with the defaults and environment of each running loop
                 base = {f: getattr(runtime.base, f) for f in self._fields}
+                if base.get("max_workers") == 0:  # an executor pool's factory runs: no size yet
+                    del base["max_workers"]
                 validate(self._name, self._fields, {**base, **explicit})
 
             self._explicit = explicit
@@ -631,16 +637,19 @@ class ExecutorPool(_Pool[ExecutorSettings]):
         png = await render(3)  # runs on a dask worker
 
     **Ownership**: an executor object stays yours (offload never shuts it down; every
-    event loop uses it). A zero-argument factory is offload's: it is called when the pool
-    first starts in an event loop, and its executor is shut down when that loop's run ends
-    or on :meth:`aclose` (for dask, its client and the cluster that client started, such
-    as a ``LocalCluster``, are closed too).
+    event loop uses it). A zero-argument factory is offload's: it is called in a thread of
+    the pool (never on the loop's thread) when the pool first starts in an event loop, and
+    its executor is shut down when that loop's run ends or on :meth:`aclose` (for dask, its
+    client and the cluster that client started, such as a ``LocalCluster``, are closed too).
+    Calls made while the factory runs wait as pending; if it raises (or its executor tells
+    no size and ``max_workers`` is not given: ``ValueError``), they fail with that error, as
+    does every later call in that loop until the pool is closed there.
 
     **Capacity**: at most ``max_workers`` calls are in the executor at once; the others wait
     on this side, so a pending call never reaches the executor. ``max_workers`` defaults to
     the executor's size where it tells it (``_max_workers`` of the stdlib's and loky's
-    pools; a dask cluster's total threads when the pool starts in a loop); elsewhere it must
-    be given.
+    pools; a dask cluster's total threads, asked once the executor is there); elsewhere it
+    must be given.
 
     Functions go by reference, as to a process pool: a module-level decorated function runs
     as the original on the remote worker; a lambda or a local function is refused with
@@ -690,24 +699,33 @@ class ExecutorPool(_Pool[ExecutorSettings]):
                 f"function without arguments that makes one, not {executor!r}"
             )
 
-        source = ExecutorSource(name, executor)
+        source = ExecutorSource(name, executor, self._resize)
         source.check_size(settings.get("max_workers"))
         self._source = source
         self._kind = executors(source)
         super().__init__(name, settings)
         self._fields = tuple(f for f in self._fields if f != "idle_timeout")
 
-    def _runtime(self) -> Runtime[ExecutorSettings]:
-        runtime = self._last
-        if runtime is not None and runtime.key is current_key():
-            return runtime
+    def _resize(self, key: object, size: int | None) -> int:
+        """A factory's executor in the loop of ``key`` tells its ``size`` (None: it does
+        not): make it that loop's default ``max_workers``; return the one in force there (0
+        for none)."""
+        runtime = self._runtimes.get(key)
+        if runtime is None:
+            return 0
 
-        with self._lock:  # the start (if it is one) makes this loop's executor
-            self._source.begin()
-            try:
-                return super()._runtime()
-            finally:
-                self._source.end()
+        if size is not None:
+            runtime.base = dataclasses.replace(runtime.base, max_workers=size)
+
+        max_workers: int | None = self._explicit.get("max_workers", size)
+        if max_workers is None:
+            return 0
+
+        runtime.settings = dataclasses.replace(runtime.settings, max_workers=max_workers)
+        return max_workers
+
+    async def _settled(self, runtime: Runtime[ExecutorSettings]) -> None:
+        await cast(ExecutorWorkers, runtime.workers).settled()
 
     def configure(self, **settings: Unpack[ExecutorOptions]) -> None:  # type: ignore[override]
         """Set some of this pool's settings; a running pool applies them to the next calls.
