@@ -759,9 +759,6 @@ class TestOwnership:
         assert max_workers == 2  # the cluster's threads
         assert clients[0].status == "closed"
         assert multiprocessing.active_children() == []
-        for thread in threading.enumerate():  # dask's watch of a worker process that is gone
-            if thread.name.endswith("watch process join"):  # ends a moment after its process
-                thread.join(WAIT)
 
 
 class GatedFactory:

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, Future
 from queue import SimpleQueue
-from time import perf_counter
+from time import monotonic, perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -125,6 +125,7 @@ def close_executor(executor: Executor) -> None:
         if cluster is not None:
             cluster.close()
 
+        _join_dask_threads()
         return
 
     stdlib = (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor)
@@ -132,6 +133,25 @@ def close_executor(executor: Executor) -> None:
         executor.shutdown(wait=True, cancel_futures=True)
     else:
         executor.shutdown(wait=True)
+
+
+# How long the end of a factory's dask cluster waits for dask's own threads to end.
+_DASK_THREADS_GRACE = 5.0
+
+
+def _join_dask_threads() -> None:
+    """Wait (bounded) for the threads of dask.distributed that end once their cluster is
+    closed: a scheduler's or worker's profiler (``Profile``), the watch of each worker process.
+    They end on their own a moment after ``cluster.close()``, and no thread may outlive the
+    loop's run. dask's process-wide helper thread (a thread pool's worker) is not one of them.
+    """
+    deadline = monotonic() + _DASK_THREADS_GRACE
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)
+        module = getattr(target, "__module__", None) or ""
+        if thread is not me and module.startswith("distributed."):
+            thread.join(max(0.0, deadline - monotonic()))
 
 
 def _crosses_processes(executor: object) -> bool:
