@@ -6,11 +6,13 @@ bytes goes out-of-band: a NumPy array's data anywhere; ``bytes``, a ``bytearray`
 It is copied once into a shared-memory segment of its own, and the receiver maps that
 segment, so the pipe carries a few hundred bytes. A NumPy array or a ``memoryview`` arrives
 as a view on the mapping (no further copy); ``bytes`` and ``bytearray`` own their memory, so
-the receiver copies once more to make one.
+the receiver copies once more to make one (a ``bytes`` is read with ``pread``, not mapped).
+Both copies, ``pwrite`` into the segment and ``pread`` out of it, release the GIL: a thread
+that makes them does not hold up the event loop.
 
 What goes over the pipe is either a plain pickle (it starts with ``\\x80``, the PROTO opcode)
-or, with segments, ``\\x00``, the segments' count, each segment's size and name, then the
-pickle.
+or, with segments, ``\\x00``, the segments' count, each segment's size (its top bit set for
+a ``bytes``) and name, then the pickle.
 
 **Who removes a segment** (none may outlive the call that made it, whatever happens):
 
