@@ -374,6 +374,14 @@ class Traced:
         return (int, (self.nbytes,))
 
 
+class FailingSize:
+    """An argument whose ``nbytes`` raises."""
+
+    @property
+    def nbytes(self) -> int:
+        raise RuntimeError("no size")
+
+
 def _noted() -> str:
     _threads.append(threading.current_thread())
     return "noted"
@@ -412,6 +420,7 @@ class TestOffTheLoop:
         assert not _payloads.holds_big((1, "x", data[:100], None), {"k": 2.0})
         assert not _payloads.holds_big(([[data]],), {})  # two levels down: not looked at
         assert not _payloads.holds_big((Traced(10),), {})
+        assert not _payloads.holds_big((FailingSize(),), {})
 
     async def test_big_call_is_pickled_off_the_loop(self) -> None:
         """A call holding a buffer of THRESHOLD bytes is pickled in another thread, a small

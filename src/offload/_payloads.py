@@ -197,7 +197,11 @@ def _big(value: object, top: bool) -> bool:
     if kind in _SCALARS:
         return False
 
-    nbytes = getattr(value, "nbytes", None)  # a NumPy array, or anything that says its size
+    try:  # a NumPy array, or anything that says its size
+        nbytes = getattr(value, "nbytes", None)
+    except Exception:  # a property that fails: pickling will say what is wrong
+        return False
+
     return isinstance(nbytes, int) and nbytes >= THRESHOLD
 
 
