@@ -351,6 +351,147 @@ def crash_once_then_echo(marker: str, value: bytes) -> bytes:
     return value
 
 
+# -- off the loop thread ----------------------------------------------------------------------
+
+_threads: list[threading.Thread] = []  # where each Traced was pickled, each Noted unpickled
+
+
+class Traced:
+    """An argument that says how big it is and records the thread that pickles it; the
+    worker receives its size."""
+
+    def __init__(self, nbytes: int, gate: threading.Event | None = None) -> None:
+        self.nbytes = nbytes
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        _threads.append(threading.current_thread())
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(WAIT), "the test opens the gate"
+
+        return (int, (self.nbytes,))
+
+
+class FailingSize:
+    """An argument whose ``nbytes`` raises."""
+
+    @property
+    def nbytes(self) -> int:
+        raise RuntimeError("no size")
+
+
+def _noted() -> str:
+    _threads.append(threading.current_thread())
+    return "noted"
+
+
+class Noted:
+    """A result part whose unpickling, in the parent, records the thread it ran on."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_noted, ())
+
+
+def noted_small() -> object:
+    return Noted()
+
+
+def noted_big() -> tuple[bytes, object]:
+    return (big_bytes(), Noted())
+
+
+def ran(path: str, data: bytes, traced: object) -> None:
+    Path(path).write_text("ran")
+
+
+class TestOffTheLoop:
+    """Big calls are pickled, and big answers unpickled, off the event loop's thread."""
+
+    def test_which_calls_are_big(self) -> None:
+        """A call is big when an argument, or an item of a small container argument, holds
+        THRESHOLD bytes or more; deeper buffers and small ones leave it on the fast path."""
+        data = big_bytes()
+        assert _payloads.holds_big((data,), {})
+        assert _payloads.holds_big((1,), {"k": memoryview(data)})
+        assert _payloads.holds_big(([1, bytearray(data)],), {})
+        assert _payloads.holds_big(({"a": Traced(BIG)},), {})
+        assert not _payloads.holds_big((1, "x", data[:100], None), {"k": 2.0})
+        assert not _payloads.holds_big(([[data]],), {})  # two levels down: not looked at
+        assert not _payloads.holds_big((Traced(10),), {})
+        assert not _payloads.holds_big((FailingSize(),), {})
+
+    async def test_big_call_is_pickled_off_the_loop(self) -> None:
+        """A call holding a buffer of THRESHOLD bytes is pickled in another thread, a small
+        one on the loop's thread, and both run."""
+        loop_thread = threading.current_thread()
+        _threads.clear()
+        pool = new_pool("process", max_workers=1)
+        async with pool:
+            assert await pool.call(echo, Traced(10)) == 10
+            assert _threads == [loop_thread]
+            assert await pool.call(echo, [1, Traced(BIG)]) == [1, BIG]
+            assert len(_threads) == 2
+            assert _threads[1] is not loop_thread
+
+        assert ours() == []
+
+    async def test_cancelled_while_pickling(self, tmp_path: Path) -> None:
+        """A call cancelled while its big arguments are pickled never runs, and leaves no
+        segment."""
+        gate = threading.Event()
+        traced = Traced(BIG, gate)
+        marker = tmp_path / "ran"
+        pool = new_pool("process", max_workers=1)
+        async with pool:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_when_entered, traced, scope)
+                    await pool.call(ran, str(marker), big_bytes(), traced)
+
+            assert scope.cancelled_caught
+            assert len(ours()) == 1  # the first argument's segment, made before the gate
+            gate.set()
+            await until(lambda: ours() == [], "the argument's segment is removed")
+            assert await pool.call(echo, 1) == 1  # one worker: it would have run first
+            assert not marker.exists()
+
+        assert ours() == []
+
+    async def test_big_call_that_cannot_be_pickled(self) -> None:
+        """A big call that cannot be pickled raises SerializationError, leaves no segment,
+        and the pool runs the next call."""
+        pool = new_pool("process", max_workers=1)
+        async with pool:
+            with pytest.raises(offload.SerializationError, match="argument 2"):
+                await pool.call(ran, "unused", big_bytes(), threading.Lock())
+
+            assert ours() == []
+            assert await pool.call(echo, 2) == 2
+
+    async def test_big_answer_is_unpickled_off_the_loop(self) -> None:
+        """An answer that names segments is unpickled in another thread, a small one on the
+        loop's thread."""
+        loop_thread = threading.current_thread()
+        _threads.clear()
+        pool = new_pool("process", max_workers=1)
+        async with pool:
+            assert await pool.call(noted_small) == "noted"
+            assert _threads == [loop_thread]
+            data, note = await pool.call(noted_big)
+            assert (len(data), note) == (BIG, "noted")
+            assert len(_threads) == 2
+            assert _threads[1] is not loop_thread
+
+        assert ours() == []
+
+
+async def _cancel_when_entered(traced: Traced, scope: anyio.CancelScope) -> None:
+    await until(traced.entered.is_set)
+    scope.cancel()
+
+
 class TestResourceTracker:
     """Workers and their parent share one resource tracker, which has nothing to say."""
 

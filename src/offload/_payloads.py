@@ -6,11 +6,13 @@ bytes goes out-of-band: a NumPy array's data anywhere; ``bytes``, a ``bytearray`
 It is copied once into a shared-memory segment of its own, and the receiver maps that
 segment, so the pipe carries a few hundred bytes. A NumPy array or a ``memoryview`` arrives
 as a view on the mapping (no further copy); ``bytes`` and ``bytearray`` own their memory, so
-the receiver copies once more to make one.
+the receiver copies once more to make one (a ``bytes`` is read with ``pread``, not mapped).
+Both copies, ``pwrite`` into the segment and ``pread`` out of it, release the GIL: a thread
+that makes them does not hold up the event loop.
 
 What goes over the pipe is either a plain pickle (it starts with ``\\x80``, the PROTO opcode)
-or, with segments, ``\\x00``, the segments' count, each segment's size and name, then the
-pickle.
+or, with segments, ``\\x00``, the segments' count, each segment's size (its top bit set for
+a ``bytes``) and name, then the pickle.
 
 **Who removes a segment** (none may outlive the call that made it, whatever happens):
 
@@ -55,6 +57,7 @@ __all__ = (
     "dumps",
     "dumps_call",
     "dumps_result",
+    "holds_big",
     "loads",
     "loads_call",
     "loads_result",
@@ -75,7 +78,8 @@ ENABLED = sys.platform == "linux" and os.path.isdir(SHM_DIR)
 
 _TAG = b"\x00"
 _COUNT = struct.Struct("!I")
-_SEGMENT = struct.Struct("!QH")  # size in bytes, length of the name
+_SEGMENT = struct.Struct("!QH")  # size in bytes (top bit: _OWNED), length of the name
+_OWNED = 1 << 63  # the receiver rebuilds ``bytes`` from it: read it, do not map it
 _numbers = itertools.count(1)
 
 # What ``_swap`` looks into for bytes and memoryviews: containers this small, this deep.
@@ -173,6 +177,60 @@ def _swap(value: object, depth: int = 0) -> object:
     return tuple(swapped) if kind is tuple else swapped
 
 
+_SCALARS = frozenset((int, float, bool, str, type(None)))
+
+
+def _big(value: object, top: bool) -> bool:
+    kind = type(value)
+    if kind in _BUFFERS:
+        sized: Any = value
+        return (sized.nbytes if kind is memoryview else len(sized)) >= THRESHOLD
+
+    if kind in _CONTAINERS:
+        container: Any = value
+        if not top or len(container) > _SCAN_ITEMS:
+            return False
+
+        items = container.values() if kind is dict else container
+        return any(_big(item, False) for item in items)
+
+    if kind in _SCALARS:
+        return False
+
+    try:  # a NumPy array, or anything that says its size
+        nbytes = getattr(value, "nbytes", None)
+    except Exception:  # a property that fails: pickling will say what is wrong
+        return False
+
+    return isinstance(nbytes, int) and nbytes >= THRESHOLD
+
+
+def holds_big(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Return whether a call carries a buffer of :data:`THRESHOLD` bytes or more.
+
+    A cheap look, for the loop thread: each argument, and the items of a small tuple, list or
+    dict argument; a buffer is what has ``nbytes`` (or is ``bytes``, ``bytearray``).
+    """
+    if not ENABLED:
+        return False
+
+    for value in args:
+        if type(value) not in _SCALARS and _big(value, True):
+            return True
+
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _SCALARS and _big(value, True):
+                return True
+
+    return False
+
+
+def has_segments(data: bytes) -> bool:
+    """Return whether a payload names segments (reading it maps or copies big buffers)."""
+    return bool(data) and data[0] == _TAG[0]
+
+
 # -- segments ---------------------------------------------------------------------------------
 
 
@@ -181,8 +239,12 @@ def _name(parent: int, creator: int) -> str:
     return f"/{PREFIX}{parent}_{creator}_{next(_numbers)}"
 
 
-def _create(name: str, size: int) -> mmap.mmap:
-    """Create segment ``name`` of ``size`` bytes and map it; registered before it exists."""
+def _create(name: str, raw: memoryview) -> None:
+    """Create segment ``name`` holding ``raw``; registered before it exists.
+
+    The copy is a ``pwrite`` into the segment, which releases the GIL (an mmap slice
+    assignment would hold it, and so stall the event loop, for the whole copy).
+    """
     tracker = _tracker()
     tracker.register(name, "shared_memory")
     try:
@@ -192,8 +254,11 @@ def _create(name: str, size: int) -> mmap.mmap:
         raise
 
     try:
+        size = raw.nbytes
         os.ftruncate(fd, size)
-        return mmap.mmap(fd, size)
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, raw[done:], done)
     except BaseException:
         _unlink(name)
         raise
@@ -206,6 +271,23 @@ def _map(name: str, size: int) -> mmap.mmap:
     fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
     try:
         return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def _read_bytes(name: str, size: int) -> bytes:
+    """Read segment ``name`` into ``bytes`` with ``pread``, which releases the GIL."""
+    fd = _posixshmem.shm_open(name, os.O_RDONLY, mode=0o600)
+    try:
+        data = os.pread(fd, size, 0)
+        while len(data) < size:
+            more = os.pread(fd, size - len(data), len(data))
+            if not more:
+                raise EOFError(f"shared memory segment {name} is shorter than {size} bytes")
+
+            data += more
+
+        return data
     finally:
         os.close(fd)
 
@@ -240,13 +322,9 @@ def dumps(obj: object, *, parent: int, creator: int) -> bytes:
             return True  # in the pickle
 
         name = _name(parent, creator)
-        segment = _create(name, size)
-        made.append((name, size))
-        try:
-            segment[:size] = raw
-        finally:
-            segment.close()
-
+        _create(name, raw)
+        # ``bytes`` is rebuilt by a copy anyway: the receiver reads it instead of mapping it.
+        made.append((name, size | _OWNED if type(raw.obj) is bytes else size))
         return False
 
     try:
@@ -273,7 +351,10 @@ def dumps(obj: object, *, parent: int, creator: int) -> bytes:
 
 
 def segments(data: bytes | memoryview, offset: int = 0) -> tuple[list[tuple[str, int]], int]:
-    """Return the segments (name, size) that a payload names, and where its pickle starts."""
+    """Return the segments (name, size) that a payload names, and where its pickle starts.
+
+    A size may carry the ``_OWNED`` flag (``size & ~_OWNED`` is the size in bytes).
+    """
     view = memoryview(data)
     if len(view) <= offset or view[offset] != _TAG[0]:
         return [], offset
@@ -296,10 +377,13 @@ def loads(data: bytes, *, take: bool) -> Any:
     if not found:
         return pickle.loads(data)
 
-    buffers: list[memoryview] = []
+    buffers: list[object] = []
     try:
         for name, size in found:
-            buffers.append(memoryview(_map(name, size)))
+            if size & _OWNED:  # bytes: one copy that releases the GIL, and no mapping
+                buffers.append(_read_bytes(name, size & ~_OWNED))
+            else:
+                buffers.append(memoryview(_map(name, size)))
     finally:
         if take:
             for name, _ in found:

@@ -4,8 +4,9 @@ The event loop owns the worker pipes. Each worker process has a duplex pipe whos
 is non-blocking and watched by the loop (``add_reader`` on asyncio and uvloop, a
 ``wait_readable`` task on trio): a call is pickled and written from the loop thread, and the
 answer is read and handed to the delivery callback there, with no thread in between. A thread
-is only used for what would block the loop: starting a process (a starter thread per start)
-and writing a call bigger than the pipe's buffer (a writer thread for the rest).
+is only used for what would block the loop: starting a process, pickling a call that carries
+a big buffer and unpickling an answer that names shared memory (the pool's helper thread), and
+writing a call bigger than the pipe's buffer (a writer thread for the rest).
 
 :class:`ProcessWorkers` keeps the queue (:class:`JobQueue`: the pending bound, ``busy``), the
 processes (starting, idle, running a call, dying), and hands each finished call to
@@ -40,6 +41,7 @@ import struct
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator
 from queue import SimpleQueue
 from time import monotonic, perf_counter
@@ -250,11 +252,13 @@ class _Process:
         "killed",
         "number",
         "payload",
+        "pickling",
         "pid",
         "process",
         "ready",
         "reading",
         "segments",
+        "unpickling",
         "writer",
     )
 
@@ -269,6 +273,8 @@ class _Process:
         self.number = 0  # that call's number, once sent
         self.payload = b""  # that call, pickled, until it is sent
         self.segments: tuple[str, ...] = ()  # the shared memory of its arguments, if any
+        self.pickling = False  # the helper thread pickles its call (a big one)
+        self.unpickling = False  # the helper thread unpickles its call's answer (a big one)
         self.calls = 0
         self.doomed = False  # killed or retiring: it takes no more calls
         self.killed = False  # SIGTERM was sent
@@ -371,6 +377,7 @@ class _Process:
         """Its call is over here (a retry pickles it again): forget it, and unlink the shared
         memory of its arguments."""
         self.job = None
+        self.pickling = self.unpickling = False
         if self.segments:
             _payloads.release(self.segments)
             self.segments = ()
@@ -426,6 +433,8 @@ class ProcessWorkers:
         self._terminated: dict[Job, _Process] = {}  # SIGTERMed for a job: kill() may follow
         self._tries: dict[Job, int] = {}  # re-runs after a crash, of calls with retries
         self._later: list[Job] = []  # outcomes to deliver from a fresh loop callback
+        # Big calls the helper thread has pickled, for the loop to send (or shutdown to free).
+        self._pickled: deque[tuple[_Process, Job, bytes, SerializationError | None]] = deque()
         self._idle_check_due = False
         self._start_failed = False  # a start failed: keep no spares until one succeeds
         self._closing = False
@@ -509,7 +518,8 @@ class ProcessWorkers:
             with queue.lock:
                 job = jobs.popleft()
 
-            payload = self._prepare(job)
+            big = _payloads.holds_big(job.args, job.kwargs)
+            payload = self._prepare(job, big)
             if payload is None:
                 continue  # refused before any process is used
 
@@ -525,14 +535,20 @@ class ProcessWorkers:
                 queue.busy += 1
 
             process.job = job
+            self.running[job] = process
+            if big:  # pickled off the loop, then sent: calls behind it may go first
+                process.pickling = True
+                self._ask(functools.partial(self._pickle, process, job))
+                continue
+
             process.payload = payload
             process.segments = _payloads.segment_names(payload)
-            self.running[job] = process
             if process.ready:
                 self._send(process, job)
 
-    def _prepare(self, job: Job) -> bytes | None:
-        """Pickle the call, or set its outcome (to deliver soon) if it cannot be sent."""
+    def _prepare(self, job: Job, big: bool) -> bytes | None:
+        """Pickle the call (``big``: leave that to the helper thread, and return ``b""``), or
+        set its outcome (to deliver soon) if it cannot be sent."""
         if job.caller_gone:  # cancelled as it waited: it never runs
             self._deliver_soon(job)
             return None
@@ -543,12 +559,51 @@ class ProcessWorkers:
             self._deliver_soon(job)
             return None
 
+        if big:
+            return b""
+
         try:
             return _dumps_call(job)
         except SerializationError as exc:
             job.error = exc
             self._deliver_soon(job)
             return None
+
+    def _pickle(self, process: _Process, job: Job) -> None:
+        """Pickle a big call (in the helper thread): the loop sends it (:meth:`_take_pickled`).
+
+        Its copies into shared memory release the GIL, so the loop runs on meanwhile.
+        """
+        payload = b""
+        error: SerializationError | None = None
+        if not (job.caller_gone or self._closing):  # else: it never runs, nothing to pickle
+            try:
+                payload = _dumps_call(job)
+            except SerializationError as exc:
+                error = exc
+
+        self._pickled.append((process, job, payload, error))
+        self._tell(self._take_pickled)
+
+    def _take_pickled(self) -> None:
+        """Send the big calls the helper thread has pickled (their process may be starting)."""
+        pickled = self._pickled
+        while pickled:
+            process, job, payload, error = pickled.popleft()
+            if self._closing or process.job is not job or not process.pickling:
+                _payloads.release(_payloads.segment_names(payload))  # its call ended meanwhile
+                continue
+
+            process.pickling = False
+            process.payload = payload
+            process.segments = _payloads.segment_names(payload)
+            if error is not None:
+                job.error = error
+                self._unsent(process, job)
+            elif process.ready and not process.doomed:
+                self._send(process, job)
+            # Else it is sent once its process is ready (:meth:`_ready`); a lost process's
+            # reaping ends the call (and frees its segments).
 
     def _send(self, process: _Process, job: Job) -> None:
         """Send ``job`` to its (ready) process: one non-blocking write from the loop."""
@@ -585,14 +640,19 @@ class ProcessWorkers:
             writer.start()
 
     def _unsent(self, process: _Process, job: Job) -> None:
-        """A job whose caller left while its process started: free the process."""
+        """A job whose caller left while its process started, or which could not be pickled:
+        free the process."""
         self.running.pop(job, None)
         process.end_call()
         with self.queue.lock:
             self.queue.busy -= 1
 
-        self._idle.append(process)
-        process.idle_since = monotonic()
+        if process.ready:
+            self._idle.append(process)
+            process.idle_since = monotonic()
+        elif not process.doomed:
+            self._unassigned.append(process)
+
         self._deliver_soon(job)
 
     def _deliver_soon(self, job: Job) -> None:
@@ -811,8 +871,22 @@ class ProcessWorkers:
             writer.join()
 
         job.ended = perf_counter()
+        if _payloads.has_segments(message):  # mapping and copying: off the loop
+            process.unpickling = True
+            self._ask(functools.partial(self._unpickle, process, job, message))
+            return
+
         _read(job, message)
         self._done(process, job)
+
+    def _unpickle(self, process: _Process, job: Job, message: bytes) -> None:
+        """Unpickle a big answer (in the helper thread; it takes its segments over)."""
+        _read(job, message)
+        self._tell(functools.partial(self._unpickled, process, job))
+
+    def _unpickled(self, process: _Process, job: Job) -> None:
+        if process.job is job and process.unpickling and not self._closing:
+            self._done(process, job)
 
     def _ready(self, process: _Process) -> None:
         if process in self._unassigned:
@@ -820,7 +894,8 @@ class ProcessWorkers:
 
         job = process.job
         if job is not None:
-            self._send(process, job)
+            if not process.pickling:
+                self._send(process, job)
         elif not process.doomed:
             process.idle_since = monotonic()
             self._idle.append(process)
@@ -892,7 +967,7 @@ class ProcessWorkers:
     def _reaped(self, process: _Process, job: Job | None, code: int | None) -> None:
         crash = process.crash("worker" if job is None else job.name, code)
         self._processes.discard(process)
-        if job is None or process.job is not job:
+        if job is None or process.job is not job or process.unpickling:  # answered
             self._check_idle()
             return
 
@@ -1007,6 +1082,11 @@ class ProcessWorkers:
             self._helper = None
             self._asks.put(None)
             helper.join()  # done with the start or reaping under way
+
+        for _, _, payload, _ in self._pickled:  # big calls pickled for nobody now
+            _payloads.release(_payloads.segment_names(payload))
+
+        self._pickled.clear()
 
         processes = list(self._processes)
         for process in processes:
