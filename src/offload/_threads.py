@@ -23,50 +23,22 @@ import itertools
 import threading
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any
 
 from ._job import Job
 from ._queue import JobQueue
 from ._settings import PoolSettings
 
-__all__ = ("Runner", "ThreadWorkers")
-
-
-class Runner(Protocol):
-    """What runs the calls of one worker thread: the thread itself, or a process it owns.
-
-    A runner fills in the job's outcome (``value``/``error``/``ok``, ``started``/``ended``);
-    the thread then hands the job to the delivery callback.
-    """
-
-    def run(self, job: Job, /) -> None: ...
-    def close(self) -> None: ...
-
-
-class _InThread:
-    """A thread pool's runner: the job runs on the worker thread itself."""
-
-    __slots__ = ()
-
-    run = staticmethod(Job.run)
-
-    def close(self) -> None:
-        pass
-
-
-_IN_THREAD = _InThread()
+__all__ = ("ThreadWorkers",)
 
 
 Initializer = tuple[Callable[..., object], tuple[Any, ...]]
 
 
 class _Worker(threading.Thread):
-    def __init__(
-        self, workers: ThreadWorkers, name: str, runner: Runner, initializer: Initializer | None
-    ) -> None:
+    def __init__(self, workers: ThreadWorkers, name: str, initializer: Initializer | None) -> None:
         super().__init__(name=name, daemon=True)
         self.workers = workers
-        self.runner = runner
         self.initializer = initializer  # to run before the first job; then None
         self.job: Job | None = None
         self.woken = False
@@ -86,11 +58,8 @@ class _Worker(threading.Thread):
         self.wakeup.release()
 
     def run(self) -> None:
-        try:
-            self.wakeup.acquire()  # until start() has returned in the starting thread
-            self.workers._work(self)
-        finally:
-            self.runner.close()
+        self.wakeup.acquire()  # until start() has returned in the starting thread
+        self.workers._work(self)
 
     def initialize(self, job: Job) -> bool:
         """Run the thread's initializer (once); on failure, fail ``job`` with its exception.
@@ -117,7 +86,7 @@ class _Worker(threading.Thread):
 class ThreadWorkers:
     """The worker threads of one pool in one event loop, and the calls waiting for them.
 
-    ``submit`` queues a job; a thread runs it (through its runner) and hands it to
+    ``submit`` queues a job; a thread runs it and hands it to
     ``deliver``, as trio's ``start_thread_soon(fn, deliver)`` does.
     """
 
@@ -127,7 +96,6 @@ class ThreadWorkers:
         deliver: Callable[[Job], None],
         max_workers: int,
         idle_timeout: float,
-        new_runner: Callable[[], Runner] | None = None,
         *,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
@@ -138,7 +106,6 @@ class ThreadWorkers:
             self._initializer = (initializer, initargs)
 
         self._deliver = deliver
-        self._new_runner = new_runner
         self.idle_timeout = idle_timeout
         self.queue = queue = JobQueue(max_workers)
         self._lock = queue.lock
@@ -219,9 +186,8 @@ class ThreadWorkers:
         if len(self._threads) >= self.queue.capacity:
             return None
 
-        runner = _IN_THREAD if self._new_runner is None else self._new_runner()
         name = f"offload-{self._pool}-{next(self._numbers)}"
-        worker = _Worker(self, name, runner, self._initializer)
+        worker = _Worker(self, name, self._initializer)
         worker.woken = True
         self._in_transit += 1
         self._threads.add(worker)
@@ -232,7 +198,7 @@ class ThreadWorkers:
         queue = self.queue
         jobs = self._jobs
         deliver = self._deliver
-        run = me.runner.run
+        run = Job.run
         done: Job | None = None
         leaving = False  # extra (the pool shrank): leaves once ``done`` is delivered
         while True:
@@ -334,9 +300,8 @@ class ThreadWorkers:
         with self._lock:
             self.queue.capacity = max_workers
             self.idle_timeout = settings.idle_timeout
-            if self._new_runner is None:  # jobs run here (a process runner has its own)
-                init = settings.initializer
-                self._initializer = None if init is None else (init, settings.initargs)
+            init = settings.initializer
+            self._initializer = None if init is None else (init, settings.initargs)
             wake = self._idle[max_workers:] if len(self._threads) > max_workers else []
 
         # Idle threads over the new size wake up, find themselves extra, and exit.
