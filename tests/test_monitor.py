@@ -797,19 +797,25 @@ class TestFixes:
 
     async def test_outer_slow_call_is_named(self) -> None:
         """In ``json.dumps(list(range(n)))`` the slow call, the outer one, is offloaded."""
-        with offload.monitor(THRESHOLD, log=False) as monitor:
-            await anyio.lowlevel.checkpoint()
-            line = next_line()
-            json.dumps(list(range(3_000_000)))
+        # A C call that holds the GIL is seen when it returns: a busy machine can leave some,
+        # or once in a while all, of its time on the next line (the with block's exit). So
+        # the scenario runs until the line is seen (at most five times); its fix must hold.
+        fixes: set[str] = set()
+        for _ in range(5):
+            with offload.monitor(THRESHOLD, log=False) as monitor:
+                await anyio.lowlevel.checkpoint()
+                line = next_line()
+                json.dumps(list(range(3_000_000)))
 
-        # A C call that holds the GIL is seen when it returns: a busy machine can leave some
-        # of its time on the next line (the with block's exit). The line's own fix must hold.
-        fixes = {
-            share.fix
-            for event in monitor.events
-            for share in event.split
-            if share.site.lineno == line
-        }
+            fixes = {
+                share.fix
+                for event in monitor.events
+                for share in event.split
+                if share.site.lineno == line
+            }
+            if fixes:
+                break
+
         assert fixes == {"await offload.process.call(json.dumps, list(range(3000000)))"}
 
 
